@@ -1,0 +1,30 @@
+"""lmlab: build, train, evaluate, compare, generate from and serve language models.
+
+    import lmlab
+    lmlab.prepare("data/tinyshakespeare.txt", "data/shakespeare-char", tokenizer="char")
+    cfg = lmlab.load_config("configs/shakespeare-char-baby.yaml", {"train.max_iters": "500"})
+    lmlab.train(cfg, "runs/baby")
+    model, tokenizer = lmlab.load("runs/baby")
+    print(lmlab.evaluate_text(model, tokenizer, open("data/tinyshakespeare.txt").read()[-10000:]).bits_per_byte)
+    print(lmlab.generate(model, tokenizer, "ROMEO:", max_new_tokens=100, temperature=0.8, seed=1)[0])
+"""
+import importlib
+
+# Public names -> the module that defines them. Imported on first use (PEP 562), so `lmlab --help`
+# and `import lmlab` stay fast and do not load torch until a model is touched.
+_EXPORTS = {
+    "load": "checkpoint", "Config": "config", "DataConfig": "config", "TrainConfig": "config",
+    "load_config": "config", "TokenBlocks": "data", "prepare": "data", "LmlabError": "errors",
+    "GenerationConfig": "generate", "generate": "generate", "stream": "generate", "EvalResult": "metrics",
+    "evaluate_ids": "metrics", "evaluate_text": "metrics", "FAMILIES": "models", "build_model": "models",
+    "GPT": "models.gpt", "GPTConfig": "models.gpt", "Tokenizer": "tokenizer", "load_tokenizer": "tokenizer",
+    "Trainer": "train", "train": "train",
+}
+__version__ = "0.1.0"
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'lmlab' has no attribute {name!r}")

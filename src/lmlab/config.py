@@ -1,0 +1,216 @@
+"""Configs: dataclasses for model / data / train, read from YAML, overridden by dotted CLI flags.
+
+A config file has three sections:
+
+    model: {family: gpt, n_layer: 4, ...}   # fields of the family's config class (models/__init__.py)
+    data:  {dir: data/shakespeare-char}
+    train: {max_iters: 2000, ...}
+
+and `--model.n_layer 6 --train.learning_rate 3e-4` overrides any field. Unknown keys and values of the
+wrong type are user errors (LmlabError) that name the closest valid key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import LmlabError
+
+
+@dataclass
+class DataConfig:
+    dir: str = "data/shakespeare-char"  # a directory written by `lmlab prepare`
+
+
+@dataclass
+class TrainConfig:
+    max_iters: int = 5000
+    batch_size: int = 64
+    grad_accum: int = 1  # micro-batches per optimizer step
+    learning_rate: float = 1e-3
+    min_lr: float = 1e-4  # cosine decay floor
+    warmup_iters: int = 100  # linear warmup steps
+    lr_decay_iters: int | None = None  # end of the cosine decay; None = max_iters
+    weight_decay: float = 0.1  # applied to matrices only (not biases, norms, embeddings of positions)
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    eval_interval: int = 250
+    eval_iters: int = 20  # validation batches per evaluation
+    log_interval: int = 10
+    save_interval: int | None = None  # checkpoint every N steps; None = at every evaluation
+    keep_best: bool = True  # keep best.safetensors = the weights with the lowest validation loss
+    device: str = "cpu"  # cpu | cuda | cuda:N | auto
+    dtype: str = "float32"  # float32 | bfloat16 | float16 (autocast; float16 only on CUDA)
+    compile: bool = False  # torch.compile the model
+    tensorboard: bool = True
+    seed: int = 1337
+
+
+@dataclass
+class Config:
+    model: Any
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return {"model": dataclasses.asdict(self.model), "data": dataclasses.asdict(self.data),
+                "train": dataclasses.asdict(self.train)}
+
+
+# ----------------------------------------------------------------------------- building
+
+def load_config(path: str | Path | None = None, overrides: dict[str, str] | None = None,
+                base: dict | None = None) -> Config:
+    """Read a YAML config (or start from `base`), apply dotted overrides, validate, return a Config."""
+    raw = dict(base or {})
+    if path is not None:
+        raw = read_yaml(path)
+    raw = {k: dict(v or {}) for k, v in raw.items()} if raw else {}
+    for section in raw:
+        if section not in ("model", "data", "train"):
+            raise LmlabError(unknown_key_message(section, ["model", "data", "train"], "config section"))
+    sections = {"model": raw.get("model", {}), "data": raw.get("data", {}), "train": raw.get("train", {})}
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        if section not in sections or not key:
+            raise LmlabError(f"--{dotted} is not a config field; use --model.X, --data.X or --train.X "
+                             "(e.g. --model.n_layer 4).")
+        sections[section][key] = value
+    model_cls = model_config_class(sections["model"].get("family", "gpt"))
+    cfg = Config(model=build_dataclass(model_cls, sections["model"], "model"),
+                 data=build_dataclass(DataConfig, sections["data"], "data"),
+                 train=build_dataclass(TrainConfig, sections["train"], "train"))
+    validate_train(cfg.train)
+    if hasattr(cfg.model, "validate"):
+        cfg.model.validate()
+    return cfg
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise LmlabError(f"config file {path} does not exist.")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise LmlabError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not all(isinstance(v, (dict, type(None))) for v in raw.values()):
+        raise LmlabError(f"config file {path} must be a mapping with sections model:, data:, train:.")
+    return raw
+
+
+def model_config_class(family: str):
+    from .models import FAMILIES  # local import: models import config
+
+    if family not in FAMILIES:
+        raise LmlabError(unknown_key_message(family, list(FAMILIES), "model family"))
+    return FAMILIES[family][0]
+
+
+def build_dataclass(cls, values: dict, section: str):
+    """Make `cls(**values)` with every value checked and converted to the field's declared type."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise LmlabError(unknown_key_message(f"{section}.{key}", [f"{section}.{n}" for n in names],
+                                                 "config key"))
+        kwargs[key] = coerce(value, hints[key], f"{section}.{key}")
+    return cls(**kwargs)
+
+
+def unknown_key_message(key: str, valid: list[str], what: str) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"did you mean '{close[0]}'?" if close else f"valid: {', '.join(valid)}."
+    return f"unknown {what} '{key}'; {hint}"
+
+
+def coerce(value, annotation, name: str):
+    """Convert a YAML value or a CLI string to `annotation` (int, float, bool, str, or X | None)."""
+    args = typing.get_args(annotation)
+    if type(None) in args:  # Optional[X]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        annotation = next(a for a in args if a is not type(None))
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise LmlabError(f"{name} must be true or false, got {value!r}.")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise LmlabError(f"{name} must be an integer, got {value!r}.")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise LmlabError(f"{name} must be a number, got {value!r}.")
+    if annotation is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise LmlabError(f"{name} must be a string, got {value!r}.")
+    return value
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise LmlabError(message)
+
+
+def validate_train(t: TrainConfig) -> None:
+    for name in ("batch_size", "grad_accum", "eval_interval", "eval_iters", "log_interval"):
+        require(getattr(t, name) >= 1, f"train.{name} must be a positive integer, got {getattr(t, name)}.")
+    for name in ("max_iters", "warmup_iters"):
+        require(getattr(t, name) >= 0, f"train.{name} must be >= 0, got {getattr(t, name)}.")
+    require(t.save_interval is None or t.save_interval >= 1, "train.save_interval must be >= 1 or none.")
+    require(t.lr_decay_iters is None or t.lr_decay_iters >= 1, "train.lr_decay_iters must be >= 1 or none.")
+    require(t.learning_rate > 0, f"train.learning_rate must be > 0, got {t.learning_rate}.")
+    require(0 <= t.min_lr <= t.learning_rate, "train.min_lr must be between 0 and train.learning_rate.")
+    require(t.weight_decay >= 0 and t.grad_clip >= 0, "train.weight_decay and train.grad_clip must be >= 0.")
+    require(0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, "train.beta1 and train.beta2 must be in [0, 1).")
+    require(t.dtype in ("float32", "bfloat16", "float16"),
+            f"train.dtype must be float32, bfloat16 or float16, got {t.dtype!r}.")
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    from .files import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def parse_overrides(args: list[str]) -> dict[str, str]:
+    """Turn ['--model.n_layer', '4', '--train.seed=3'] into {'model.n_layer': '4', 'train.seed': '3'}."""
+    overrides, i = {}, 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or "." not in arg:
+            raise LmlabError(f"unexpected argument {arg!r}; config overrides look like --model.n_layer 4.")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args):
+                raise LmlabError(f"--{key} needs a value, e.g. --{key} 4.")
+            value, i = args[i + 1], i + 1
+        overrides[key] = value
+        i += 1
+    return overrides

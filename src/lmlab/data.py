@@ -1,0 +1,323 @@
+"""Text -> token ids on disk (`prepare`), and random training windows from them (`TokenBlocks`).
+
+`prepare(source, out_dir)` writes, nanoGPT style:
+  train.bin, val.bin   raw NumPy arrays of token ids (uint16 when the vocabulary fits, else uint32)
+  tokenizer.json       the tokenizer that made them (see lmlab.tokenizer)
+  meta.json            tokenizer kind, vocab_size, eot_id, dtype, source, val_fraction, and per split
+                       the number of tokens, characters and UTF-8 bytes (bits per byte divides by bytes)
+
+It streams: the input is read in chunks of about `chunk_chars` characters and never held whole,
+nor are all the ids. Chunks are cut only just before a newline that is followed by a non-space
+character. GPT-2's pre-tokenizer always splits there, so BPE sees exactly the words it would see in
+the whole text, and the output is byte-identical for any `chunk_chars`.
+
+The split is by position: the first (1 - val_fraction) of the bytes is train, the rest val, cut at
+the end of the line (or file) reaching that point. val_fraction 0 gives an empty val.bin; asking
+TokenBlocks for a val batch then says so. The tokenizer is built from the whole text (train + val),
+as nanoGPT does, so the char vocabulary covers both splits.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .errors import LmlabError
+from .files import atomic_write_json, read_json
+from .tokenizer import Tokenizer, check_tokenizer_args, load_tokenizer, train_tokenizer
+
+SPLITS = ("train", "val")
+FORMAT_VERSION = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the source
+# ---------------------------------------------------------------------------------------------
+
+
+def _source_files(source: Path, out_dir: Path) -> list[Path]:
+    """The documents: `source` itself, or every non-hidden regular file under it, sorted by path."""
+    if not source.exists():
+        raise LmlabError(f"{source} does not exist; pass a text file or a directory of text files.")
+    if source.is_file():
+        return [source]
+    files = []
+    for path in sorted(source.rglob("*")):
+        rel = path.relative_to(source).parts
+        hidden = any(part.startswith(".") for part in rel)
+        inside_output = out_dir == path or out_dir in path.parents  # never read our own output
+        if path.is_file() and not hidden and not inside_output:
+            files.append(path)
+    return files
+
+
+def _read_lines(path: Path) -> Iterator[tuple[str, int]]:
+    """Yield (line, its size in bytes) for a UTF-8 file, keeping line endings exactly as they are."""
+    offset = 0
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise LmlabError(
+                    f"{path} is not UTF-8 text (bad byte 0x{raw[e.start]:02x} at byte offset {offset + e.start}, "
+                    f"line {lineno}); convert it to UTF-8 (e.g. `iconv -t UTF-8`) or move it out of the source."
+                ) from None
+            offset += len(raw)
+            yield line, len(raw)
+
+
+def _pieces(files: list[Path], chunk_chars: int, split_at: int) -> Iterator[tuple[str, str, bool]]:
+    """Yield (split, text, starts_document) pieces of about `chunk_chars` characters, in corpus order.
+
+    A piece ends at a document end, at the train/val cut (the end of the line reaching byte
+    `split_at`), or, once it has `chunk_chars` characters, just before a newline followed by a
+    non-space character. Only that last kind depends on `chunk_chars`, and it never changes how
+    BPE splits the text into words.
+    """
+    pos = 0  # bytes read so far
+    split = "train"
+    for path in files:
+        buf: list[str] = []
+        size, first = 0, True
+        for line, nbytes in _read_lines(path):
+            if size >= chunk_chars and size > 1 and not line[:1].isspace():
+                # buf ends with the previous line's "\n": cut before it, it starts the next piece.
+                yield split, "".join(buf)[:-1], first
+                buf, size, first = ["\n"], 1, False
+            buf.append(line)
+            size += len(line)
+            pos += nbytes
+            if split == "train" and pos >= split_at:
+                yield split, "".join(buf), first
+                buf, size, first, split = [], 0, False, "val"
+        if buf:
+            yield split, "".join(buf), first
+
+
+# ---------------------------------------------------------------------------------------------
+# prepare
+# ---------------------------------------------------------------------------------------------
+
+
+def _dtype_for(vocab_size: int) -> str:
+    return "uint16" if vocab_size <= 1 << 16 else "uint32"
+
+
+def _check_args(val_fraction, chunk_chars) -> None:
+    if not isinstance(val_fraction, numbers.Real) or not 0 <= val_fraction < 1:
+        raise LmlabError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}; 0.1 is the usual choice.")
+    if not isinstance(chunk_chars, int) or chunk_chars < 1:
+        raise LmlabError(f"chunk_chars must be a positive integer, got {chunk_chars!r}.")
+
+
+def _bar(progress: bool, total: int, desc: str) -> tqdm:
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, file=sys.stderr, disable=not progress, leave=False)
+
+
+def _texts(files, chunk_chars, split_at, bar) -> Iterator[str]:
+    """Just the text of every piece, advancing `bar` by its bytes."""
+    for _, text, _ in _pieces(files, chunk_chars, split_at):
+        bar.update(len(text.encode("utf-8")))
+        yield text
+
+
+def _build_tokenizer(tokenizer, vocab_size, files, chunk_chars, split_at, total, progress) -> Tokenizer:
+    """A Tokenizer instance or a path to tokenizer.json is used as is; a kind is trained (first pass)."""
+    if isinstance(tokenizer, Tokenizer):
+        return tokenizer
+    if isinstance(tokenizer, os.PathLike) or (isinstance(tokenizer, str) and tokenizer.endswith(".json")):
+        return load_tokenizer(tokenizer)
+    if tokenizer not in ("char", "byte", "bpe"):
+        raise LmlabError(
+            f"Unknown tokenizer {tokenizer!r}; use 'char', 'byte', 'bpe' or the path of a tokenizer.json."
+        )
+    if tokenizer == "byte":
+        return train_tokenizer("byte", [], vocab_size)  # nothing to learn: skip the first pass
+    check_tokenizer_args(tokenizer, vocab_size)  # fail before reading the corpus
+    with _bar(progress, total, f"{tokenizer} vocab") as bar:
+        return train_tokenizer(tokenizer, _texts(files, chunk_chars, split_at, bar), vocab_size)
+
+
+def _encode_to(tmp: Path, tok: Tokenizer, files, chunk_chars, split_at, total, progress) -> dict:
+    """Second pass: encode piece by piece, appending to tmp/train.bin and tmp/val.bin; return counts."""
+    dtype = np.dtype(_dtype_for(tok.vocab_size))
+    counts = {s: {"tokens": 0, "chars": 0, "bytes": 0} for s in SPLITS}
+    outs = {s: open(tmp / f"{s}.bin", "wb") for s in SPLITS}
+    first_doc = True
+    try:
+        with _bar(progress, total, "encode") as bar:
+            for split, text, starts_doc in _pieces(files, chunk_chars, split_at):
+                ids = tok.encode(text)
+                if starts_doc and tok.eot_id is not None and not first_doc:
+                    ids = [tok.eot_id] + ids  # documents are separated by end-of-text
+                first_doc = False
+                np.asarray(ids, dtype=dtype).tofile(outs[split])
+                nbytes = len(text.encode("utf-8"))
+                c = counts[split]
+                c["tokens"] += len(ids)
+                c["chars"] += len(text)
+                c["bytes"] += nbytes
+                bar.update(nbytes)
+        for f in outs.values():
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        for f in outs.values():
+            f.close()
+    return counts
+
+
+def prepare(
+    source,
+    out_dir,
+    tokenizer="char",
+    vocab_size=None,
+    val_fraction=0.1,
+    chunk_chars=1 << 20,
+    progress=True,
+) -> dict:
+    """Tokenize a text file or a directory of them into out_dir (train.bin, val.bin, tokenizer.json, meta.json).
+
+    `tokenizer` is a kind ("char", "byte", "bpe": built from this text; bpe needs `vocab_size`), a
+    path to an existing tokenizer.json, or a Tokenizer. Each file of a directory is one document;
+    documents are separated by the tokenizer's end-of-text id when it has one (bpe), else simply
+    concatenated. Output appears all at once: files are written to a temporary directory and moved
+    into place at the end (meta.json last), so a failure leaves any previous output untouched.
+    Returns the meta dict (also written to meta.json).
+    """
+    _check_args(val_fraction, chunk_chars)
+    source, out_dir = Path(source).resolve(), Path(out_dir).resolve()
+    files = _source_files(source, out_dir)
+    total = sum(f.stat().st_size for f in files)
+    if total == 0:
+        raise LmlabError(f"{source} has no text (empty file, or no non-hidden non-empty files); give it some text.")
+    split_at = math.ceil(total * (1 - val_fraction))  # bytes of train, rounded up to a line end
+
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".prepare-"))
+    try:
+        tok = _build_tokenizer(tokenizer, vocab_size, files, chunk_chars, split_at, total, progress)
+        counts = _encode_to(tmp, tok, files, chunk_chars, split_at, total, progress)
+        if val_fraction > 0 and counts["val"]["tokens"] == 0:
+            raise LmlabError(
+                f"{source} has no line break after {1 - val_fraction:.0%} of its text, so the val split would be "
+                "empty; add line breaks, split it into several files, or use val_fraction 0."
+            )
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "tokenizer": tok.kind,
+            "vocab_size": tok.vocab_size,
+            "eot_id": tok.eot_id,
+            "dtype": _dtype_for(tok.vocab_size),
+            "source": str(source),
+            "files": len(files),
+            "val_fraction": float(val_fraction),
+            **counts,
+        }
+        tok.save(tmp / "tokenizer.json")
+        atomic_write_json(tmp / "meta.json", meta)
+        _move_into_place(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)  # we made it: leave no trace
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
+    return meta
+
+
+def _move_into_place(tmp: Path, out_dir: Path) -> None:
+    """Rename the finished files over the old ones; meta.json goes last, so it only ever describes a full set."""
+    (out_dir / "meta.json").unlink(missing_ok=True)
+    for name in ("train.bin", "val.bin", "tokenizer.json", "meta.json"):
+        os.replace(tmp / name, out_dir / name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading prepared data
+# ---------------------------------------------------------------------------------------------
+
+
+def read_meta(data_dir) -> dict:
+    """meta.json of a prepared data directory."""
+    path = Path(data_dir) / "meta.json"
+    if not path.is_file():
+        raise LmlabError(f"{data_dir} has no meta.json; run `lmlab prepare` on your text into that directory first.")
+    return read_json(path)
+
+
+def load_split(data_dir, split: str) -> np.ndarray:
+    """The token ids of one split as a read-only np.memmap (an empty array for an empty split)."""
+    if split not in SPLITS:
+        raise LmlabError(f"Unknown split {split!r}; use 'train' or 'val'.")
+    meta = read_meta(data_dir)
+    path = Path(data_dir) / f"{split}.bin"
+    dtype = np.dtype(meta["dtype"])
+    expected = meta[split]["tokens"]
+    size = path.stat().st_size if path.is_file() else -1
+    if size != expected * dtype.itemsize:
+        raise LmlabError(
+            f"{path} is missing or does not match meta.json ({expected} tokens); run `lmlab prepare` again."
+        )
+    if expected == 0:
+        return np.zeros(0, dtype=dtype)  # mmap cannot map an empty file
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+def _seed_for(seed: int, split: str, index: int) -> int:
+    """A well-mixed 63-bit seed from (seed, split, index), so batch() is a pure function of them."""
+    words = [seed & (2**64 - 1), SPLITS.index(split), index]
+    return int(np.random.SeedSequence(words).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class TokenBlocks:
+    """Random windows of block_size + 1 tokens, nanoGPT style: x = window[:-1], y = window[1:].
+
+    `batch(split, index)` depends only on (seed, split, index): training resumes exactly at any step,
+    and val batch `index` is the same fixed eval batch on every call.
+    """
+
+    def __init__(self, data_dir, block_size: int, batch_size: int, seed: int):
+        if block_size < 1 or batch_size < 1:
+            raise LmlabError(f"block_size and batch_size must be >= 1, got {block_size} and {batch_size}.")
+        self.data_dir = Path(data_dir)
+        self.meta = read_meta(data_dir)
+        self.vocab_size = self.meta["vocab_size"]
+        self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
+        self._splits: dict[str, np.ndarray] = {}
+
+    def __getstate__(self):  # a memmap would pickle as its whole content: reopen it in the new process
+        return {**self.__dict__, "_splits": {}}
+
+    def split(self, split: str) -> np.ndarray:
+        """The ids of one split, opened once and checked to hold at least one window."""
+        if split not in self._splits:
+            data = load_split(self.data_dir, split)
+            if len(data) < self.block_size + 1:
+                raise LmlabError(
+                    f"The {split} split of {self.data_dir} has {len(data)} tokens, fewer than block_size + 1 = "
+                    f"{self.block_size + 1}; use a smaller block_size or more data"
+                    + (" (or a val_fraction > 0 in prepare)." if split == "val" and len(data) == 0 else ".")
+                )
+            self._splits[split] = data
+        return self._splits[split]
+
+    def batch(self, split: str, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """x, y: int64 [batch_size, block_size], y is x shifted left by one token."""
+        data = self.split(split)
+        gen = torch.Generator().manual_seed(_seed_for(self.seed, split, int(index)))
+        starts = torch.randint(len(data) - self.block_size, (self.batch_size,), generator=gen).numpy()
+        rows = data[starts[:, None] + np.arange(self.block_size + 1)]  # one gather from the memmap
+        rows = torch.from_numpy(rows.astype(np.int64))
+        return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()

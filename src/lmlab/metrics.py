@@ -1,0 +1,79 @@
+"""Language-model metrics from summed log-probabilities: cross-entropy, perplexity, bits per token/char/byte.
+
+Bits per byte divides the total information by the UTF-8 bytes of the text the model predicted, so
+models with different tokenizers (char, BPE, words) are compared on the same footing.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .errors import LmlabError
+
+
+@dataclass
+class EvalResult:
+    tokens: int  # tokens predicted
+    chars: int  # characters of the predicted text
+    bytes: int  # UTF-8 bytes of the predicted text
+    nll: float  # total negative log-likelihood, nats
+    seconds: float = 0.0
+
+    @property
+    def cross_entropy(self) -> float:
+        return self.nll / self.tokens
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.cross_entropy)
+
+    @property
+    def bits_per_token(self) -> float:
+        return self.cross_entropy / math.log(2)
+
+    @property
+    def bits_per_char(self) -> float:
+        return self.nll / math.log(2) / self.chars
+
+    @property
+    def bits_per_byte(self) -> float:
+        return self.nll / math.log(2) / self.bytes
+
+    @property
+    def tokens_per_sec(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        for name in ("cross_entropy", "perplexity", "bits_per_token", "bits_per_char", "bits_per_byte",
+                     "tokens_per_sec"):
+            out[name] = getattr(self, name)
+        return out
+
+
+def evaluate_ids(model, tokenizer, ids, text: str | None = None, **kwargs) -> EvalResult:
+    """Score token ids with `model.token_logprobs`; count chars/bytes of the predicted part of the text.
+
+    A model that cannot predict the first token (no beginning-of-text context: GPT, RNN) predicts
+    ids[1:]; the characters of the unpredicted prefix are left out of the char/byte counts.
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    if ids.size < 2:
+        raise LmlabError("the evaluation text is too short: it needs at least two tokens.")
+    text = tokenizer.decode(ids) if text is None else text
+    start = time.perf_counter()
+    logprobs = model.token_logprobs(ids, **kwargs)
+    seconds = time.perf_counter() - start
+    skipped = tokenizer.decode(ids[: ids.size - logprobs.size]) if logprobs.size < ids.size else ""
+    predicted = text[len(skipped):] if text.startswith(skipped) else text
+    return EvalResult(tokens=int(logprobs.size), chars=len(predicted), bytes=len(predicted.encode("utf-8")),
+                      nll=float(-logprobs.sum()), seconds=seconds)
+
+
+def evaluate_text(model, tokenizer, text: str, **kwargs) -> EvalResult:
+    if not text:
+        raise LmlabError("the evaluation text is empty.")
+    return evaluate_ids(model, tokenizer, tokenizer.encode(text), text=text, **kwargs)

@@ -1,0 +1,170 @@
+"""GPT: decoder-only causal Transformer language model (Radford et al. 2018/2019; nanoGPT's shape).
+
+Token embedding + learned or sinusoidal positions -> n_layer pre-LN blocks -> final LayerNorm -> LM
+head tied to the token embedding. Answers the causal-LM interface shared by every family:
+`loss(batch)`, `logprobs_next(ids, state)` (state = KV cache) and `token_logprobs(ids)`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import LmlabError
+from .layers import Block, KVCache, init_weights, sinusoidal_positions
+
+
+@dataclass
+class GPTConfig:
+    family: str = "gpt"
+    vocab_size: int = 0  # 0 = take it from the prepared data
+    block_size: int = 256  # context length
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    dropout: float = 0.0
+    bias: bool = False  # biases in Linear and LayerNorm (GPT-2: true; nanoGPT's default: false)
+    pos_encoding: str = "learned"  # learned | sinusoidal
+    tie_weights: bool = True  # LM head shares the token embedding matrix
+    activation: str = "gelu"  # gelu (exact) | gelu_tanh (GPT-2)
+    layer_norm_eps: float = 1e-5
+
+    def validate(self) -> None:
+        for name in ("block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise LmlabError(f"model.{name} must be a positive integer, got {getattr(self, name)}.")
+        if self.vocab_size < 0:
+            raise LmlabError(f"model.vocab_size must be >= 0 (0 = from the data), got {self.vocab_size}.")
+        if self.n_embd % self.n_head:
+            raise LmlabError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head}).")
+        if not 0 <= self.dropout < 1:
+            raise LmlabError(f"model.dropout must be in [0, 1), got {self.dropout}.")
+        if self.pos_encoding not in ("learned", "sinusoidal"):
+            raise LmlabError(f"model.pos_encoding must be learned or sinusoidal, got {self.pos_encoding!r}.")
+        if self.activation not in ("gelu", "gelu_tanh"):
+            raise LmlabError(f"model.activation must be gelu or gelu_tanh, got {self.activation!r}.")
+        if self.pos_encoding == "sinusoidal" and self.n_embd % 2:
+            raise LmlabError("model.n_embd must be even for sinusoidal positions.")
+
+
+class GPT(nn.Module):
+    family = "gpt"
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        cfg.validate()
+        if cfg.vocab_size < 1:
+            raise LmlabError("model.vocab_size is not set; prepare data first or set --model.vocab_size.")
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        if cfg.pos_encoding == "learned":
+            self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        else:
+            self.wpe = None
+            self.register_buffer("pos_table", sinusoidal_positions(cfg.block_size, cfg.n_embd), persistent=False)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(
+            Block(cfg.n_embd, cfg.n_head, cfg.bias, cfg.dropout, causal=True,
+                  activation=cfg.activation, eps=cfg.layer_norm_eps) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_weights:
+            self.lm_head.weight = self.wte.weight
+        self.apply(init_weights)
+        # GPT-2: scale the init of projections into the residual stream by 1/sqrt(2 * n_layer).
+        for block in self.blocks:
+            for proj in (block.attn.proj, block.mlp.proj):
+                nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @property
+    def block_size(self) -> int:
+        return self.cfg.block_size
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ------------------------------------------------------------------ forward
+
+    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Final hidden states [B, T, C] for token ids idx [B, T] (after any cached positions)."""
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.cfg.block_size:
+            raise LmlabError(f"sequence of {start + T} tokens is longer than the model's "
+                             f"block_size {self.cfg.block_size}.")
+        if self.wpe is not None:
+            pos = self.wpe.weight[start:start + T]
+        else:
+            pos = self.pos_table[start:start + T]
+        x = self.drop(self.wte(idx) + pos)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache, i)
+        if cache is not None:
+            cache.length += T
+        return self.ln_f(x)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Logits [B, T, V] for every position."""
+        return self.lm_head(self.hidden(idx))
+
+    def loss(self, batch) -> torch.Tensor:
+        """Mean next-token cross-entropy (nats) of a training batch (x, y)."""
+        x, y = batch
+        logits = self(x)
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
+
+    # ------------------------------------------------------------------ causal-LM interface
+
+    def new_cache(self, batch: int) -> KVCache:
+        c = self.cfg
+        p = self.wte.weight
+        return KVCache(c.n_layer, batch, c.n_head, c.block_size, c.n_embd // c.n_head, p.dtype, p.device)
+
+    @torch.inference_mode()
+    def logprobs_next(self, ids: torch.Tensor, state: KVCache | None = None):
+        """Log-probabilities [B, V] of the next token after each row of ids [B, T] (the whole history).
+
+        `state` is the KV cache from the previous call: only the tokens it has not seen are run.
+        Past block_size, the context is cropped to the last block_size tokens and recomputed
+        (nanoGPT's behaviour), since learned positions stop at block_size.
+        """
+        B, T = ids.shape
+        if T > self.cfg.block_size:
+            ids, T, state = ids[:, -self.cfg.block_size:], self.cfg.block_size, None
+        if state is None or state.length > T or state.k.shape[1] != B or state.length == T:
+            state = self.new_cache(B)
+        h = self.hidden(ids[:, state.length:], state)
+        return F.log_softmax(self.lm_head(h[:, -1]).float(), dim=-1), state
+
+    @torch.inference_mode()
+    def token_logprobs(self, ids, stride: int | None = None, batch_size: int = 8) -> np.ndarray:
+        """Natural-log probability of ids[1:], each given up to block_size previous tokens.
+
+        Sliding windows (HF perplexity recipe): each window predicts `stride` new tokens with
+        block_size - stride tokens of extra context. stride = block_size gives disjoint windows.
+        """
+        ids = torch.as_tensor(np.asarray(ids, dtype=np.int64)).to(self.wte.weight.device)
+        n, block = ids.numel(), self.cfg.block_size
+        stride = min(stride or max(1, block // 2), block)
+        out = np.empty(max(n - 1, 0), dtype=np.float64)
+        windows = []  # (input start, first target, end): targets ids[first:end] from inputs ids[start:end-1]
+        for first in range(1, n, stride):
+            end = min(first + stride, n)
+            windows.append((max(0, end - 1 - block), first, end))
+        full = [w for w in windows if w[2] - 1 - w[0] == block]
+        partial = [w for w in windows if w[2] - 1 - w[0] != block]
+        for group in [full[i:i + batch_size] for i in range(0, len(full), batch_size)] + [[w] for w in partial]:
+            x = torch.stack([ids[s:e - 1] for s, _, e in group])
+            y = torch.stack([ids[s + 1:e] for s, _, e in group])
+            lp = torch.log_softmax(self(x).float(), dim=-1).gather(-1, y[..., None])[..., 0]
+            for row, (s, first, e) in enumerate(group):
+                out[first - 1:e - 1] = lp[row, first - s - 1:].double().cpu().numpy()
+        return out
+
+    def score(self, ids) -> float:
+        """Total natural-log probability of ids[1:] given the preceding tokens."""
+        return float(self.token_logprobs(ids).sum())

@@ -1,0 +1,108 @@
+"""Transformer building blocks shared by every Transformer family (GPT, encoder, seq2seq).
+
+Pre-LayerNorm blocks (GPT-2, Radford et al. 2019): x + Attn(LN(x)), then x + MLP(LN(x)).
+Attention goes through F.scaled_dot_product_attention, which picks a fused kernel on CPU and GPU.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class KVCache:
+    """Preallocated keys/values of every layer: [n_layer, B, n_head, max_len, head_dim]."""
+
+    def __init__(self, n_layer, batch, n_head, max_len, head_dim, dtype, device):
+        shape = (n_layer, batch, n_head, max_len, head_dim)
+        self.k = torch.empty(shape, dtype=dtype, device=device)
+        self.v = torch.empty(shape, dtype=dtype, device=device)
+        self.length = 0  # positions filled so far (same for every row)
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Store k, v [B, H, T_new, hs] after the cached positions; return all keys/values so far."""
+        start, end = self.length, self.length + k.shape[2]
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with one fused q/k/v projection; causal or bidirectional."""
+
+    def __init__(self, n_embd: int, n_head: int, bias: bool, dropout: float, causal: bool):
+        super().__init__()
+        self.n_head, self.causal, self.dropout = n_head, causal, dropout
+        self.qkv = nn.Linear(n_embd, 3 * n_embd, bias=bias)
+        self.proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0, attn_mask=None):
+        B, T, C = x.shape
+        # [B, T, 3, H, hs] -> three [B, H, T, hs] views; SDPA accepts the strided layout without a copy.
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        is_causal = self.causal and attn_mask is None
+        if cache is not None:
+            past = cache.length
+            k, v = cache.append(layer, k, v)
+            if past > 0 and self.causal:
+                # New queries sit at positions past..past+T-1: each sees every cached key and the new
+                # keys up to itself. With one new query that is "all keys": no mask needed.
+                is_causal = False
+                if T > 1:
+                    attn_mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.resid_dropout(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, n_embd: int, bias: bool, dropout: float, activation: str = "gelu", hidden: int | None = None):
+        super().__init__()
+        hidden = hidden or 4 * n_embd
+        self.fc = nn.Linear(n_embd, hidden, bias=bias)
+        self.proj = nn.Linear(hidden, n_embd, bias=bias)
+        # "gelu" is the exact erf form (nanoGPT); "gelu_tanh" is GPT-2's / BERT's tanh approximation.
+        self.approximate = {"gelu": "none", "gelu_tanh": "tanh"}[activation]
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.dropout(self.proj(F.gelu(self.fc(x), approximate=self.approximate)))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm Transformer block."""
+
+    def __init__(self, n_embd, n_head, bias, dropout, causal, activation="gelu", eps=1e-5):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(n_embd, eps=eps, bias=bias)
+        self.attn = SelfAttention(n_embd, n_head, bias, dropout, causal)
+        self.ln_2 = nn.LayerNorm(n_embd, eps=eps, bias=bias)
+        self.mlp = MLP(n_embd, bias, dropout, activation)
+
+    def forward(self, x, cache=None, layer=0, attn_mask=None):
+        x = x + self.attn(self.ln_1(x), cache, layer, attn_mask)
+        return x + self.mlp(self.ln_2(x))
+
+
+def sinusoidal_positions(max_len: int, dim: int) -> torch.Tensor:
+    """Fixed positional encoding of Vaswani et al. 2017, sec. 3.5: sin on even, cos on odd dims."""
+    position = torch.arange(max_len, dtype=torch.float32)[:, None]
+    inv_freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(max_len, dim)
+    table[:, 0::2] = torch.sin(position * inv_freq)
+    table[:, 1::2] = torch.cos(position * inv_freq[: dim // 2])
+    return table
+
+
+def init_weights(module: nn.Module, std: float = 0.02) -> None:
+    """GPT-2 initialisation: N(0, 0.02) for linear and embedding weights, zero biases."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, mean=0.0, std=std)

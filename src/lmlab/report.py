@@ -1,0 +1,67 @@
+"""Tables and plots: loss curves (loss.png) and Markdown tables for the terminal."""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from .files import atomic_open
+
+
+def read_metrics(path: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """(step, value) series of train_loss and val_loss from a metrics.csv."""
+    series = {"train_loss": [], "val_loss": []}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            for name in series:
+                if row.get(name):
+                    series[name].append((int(row["step"]), float(row[name])))
+    return series
+
+
+def plot_loss(metrics_csv: str | Path, out_png: str | Path, title: str | None = None) -> None:
+    """Train loss (light, with a moving average) and validation loss against step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = read_metrics(metrics_csv)
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    if series["train_loss"]:
+        steps, losses = zip(*series["train_loss"])
+        ax.plot(steps, losses, color="tab:blue", alpha=0.25, linewidth=0.8)
+        window = max(1, len(losses) // 50)
+        smooth = [sum(losses[max(0, i - window + 1):i + 1]) / len(losses[max(0, i - window + 1):i + 1])
+                  for i in range(len(losses))]
+        ax.plot(steps, smooth, color="tab:blue", label="train (moving average)")
+    if series["val_loss"]:
+        steps, losses = zip(*series["val_loss"])
+        ax.plot(steps, losses, "o-", color="tab:orange", markersize=3, label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title(title or Path(metrics_csv).parent.name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    with atomic_open(out_png, "wb") as f:
+        f.write(buffer.getvalue())
+
+
+def markdown_table(headers: list[str], rows: list[list]) -> str:
+    cells = [[str(h) for h in headers]] + [[_fmt(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:,.4f}" if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)

@@ -1,0 +1,227 @@
+"""Tokenizers behind one interface: characters, UTF-8 bytes, and byte-level BPE (HF `tokenizers`).
+
+Every tokenizer has `kind`, `vocab_size`, `eot_id`, `encode(text) -> list[int]`, `decode(ids) -> str`
+and `save(path)`, and is stored as one `tokenizer.json`:
+- char and byte: our own small JSON, `{"lmlab_tokenizer": "char", "vocab": [...]}`;
+- bpe: the Hugging Face `tokenizers` JSON itself, so HF tools read it and any HF tokenizer.json
+  (GPT-2's, for instance) loads here as a `BPETokenizer`.
+
+`path` arguments name either the JSON file (ending in ".json") or a directory holding tokenizer.json.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+from .errors import LmlabError
+from .files import atomic_write_json, atomic_write_text
+
+EOT = "<|endoftext|>"
+FILENAME = "tokenizer.json"
+MIN_BPE_VOCAB = 257  # 256 byte symbols + <|endoftext|>
+
+
+def _json_path(path) -> Path:
+    """tokenizer.json inside `path`, unless `path` already names a .json file."""
+    path = Path(path)
+    return path if path.suffix == ".json" else path / FILENAME
+
+
+def _id_list(ids) -> list[int]:
+    """Accept a list, a NumPy array or a 1-D tensor of ids."""
+    return [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
+
+
+class Tokenizer:
+    """Base class: text <-> token ids."""
+
+    kind: str
+    vocab_size: int
+    eot_id: int | None = None
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def decode(self, ids) -> str:
+        raise NotImplementedError
+
+    def save(self, path) -> None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(vocab_size={self.vocab_size})"
+
+
+class CharTokenizer(Tokenizer):
+    """One id per character; the vocabulary is the sorted set of characters seen (nanoGPT shakespeare_char)."""
+
+    kind = "char"
+
+    def __init__(self, vocab: Iterable[str]):
+        self.vocab = list(vocab)
+        self.stoi = {c: i for i, c in enumerate(self.vocab)}
+        self.vocab_size = len(self.vocab)
+
+    def encode(self, text: str) -> list[int]:
+        stoi = self.stoi
+        try:
+            return [stoi[c] for c in text]
+        except KeyError:
+            unknown = sorted(set(text) - stoi.keys())
+            shown = ", ".join(repr(c) for c in unknown[:10]) + (", ..." if len(unknown) > 10 else "")
+            raise LmlabError(
+                f"The text has {len(unknown)} character(s) not in this char tokenizer's vocabulary ({shown}): "
+                "the tokenizer was built from other text, so rebuild it from this text or use a byte or bpe tokenizer."
+            ) from None
+
+    def decode(self, ids) -> str:
+        return "".join(self.vocab[i] for i in _id_list(ids))
+
+    def save(self, path) -> None:
+        atomic_write_json(_json_path(path), {"lmlab_tokenizer": "char", "vocab": self.vocab})
+
+
+class ByteTokenizer(Tokenizer):
+    """The UTF-8 bytes of the text: 256 ids, nothing to train, every text encodes."""
+
+    kind = "byte"
+    vocab_size = 256
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids) -> str:
+        return bytes(_id_list(ids)).decode("utf-8", errors="replace")
+
+    def save(self, path) -> None:
+        atomic_write_json(_json_path(path), {"lmlab_tokenizer": "byte"})
+
+
+class BPETokenizer(Tokenizer):
+    """A Hugging Face `tokenizers.Tokenizer`: ours is byte-level BPE, but any HF tokenizer.json loads here."""
+
+    kind = "bpe"
+
+    def __init__(self, hf_tokenizer):
+        self.hf = hf_tokenizer
+        # Largest id + 1, so embeddings cover added tokens even when the ids have holes.
+        self.vocab_size = max(hf_tokenizer.get_vocab(with_added_tokens=True).values()) + 1
+        self.eot_id = hf_tokenizer.token_to_id(EOT)
+
+    def encode(self, text: str) -> list[int]:
+        # No BOS/CLS/SEP: ids are exactly the text (a literal "<|endoftext|>" becomes eot_id).
+        return self.hf.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids) -> str:
+        return self.hf.decode(_id_list(ids), skip_special_tokens=False)
+
+    def save(self, path) -> None:
+        atomic_write_text(_json_path(path), self.hf.to_str(pretty=True))
+
+
+def load_tokenizer(path) -> Tokenizer:
+    """Read tokenizer.json (a file, or a directory holding one): ours (char/byte) or any HF tokenizer."""
+    file = _json_path(path)
+    if not file.is_file():
+        raise LmlabError(f"No tokenizer found at {file}; pass a tokenizer.json or a directory made by `lmlab prepare`.")
+    try:
+        text = file.read_text(encoding="utf-8")
+        obj = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LmlabError(f"{file} is not valid JSON ({e}); regenerate it with `lmlab prepare`.") from None
+    kind = obj.get("lmlab_tokenizer") if isinstance(obj, dict) else None
+    if kind == "char" and isinstance(obj.get("vocab"), list):
+        return CharTokenizer(obj["vocab"])
+    if kind == "byte":
+        return ByteTokenizer()
+    if kind is None and isinstance(obj, dict) and "model" in obj:
+        from tokenizers import Tokenizer as HFTokenizer
+
+        try:
+            return BPETokenizer(HFTokenizer.from_str(text))
+        except Exception as e:  # the Rust side raises plain Exception subclasses
+            raise LmlabError(f"{file} is not a tokenizer the `tokenizers` library can read ({e}).") from None
+    raise LmlabError(
+        f"{file} is not a known tokenizer format; expected an lmlab char/byte tokenizer or a Hugging Face tokenizer.json."
+    )
+
+
+def train_tokenizer(kind: str, chunks: Iterable[str], vocab_size: int | None = None) -> Tokenizer:
+    """Build a tokenizer of `kind` ("char", "byte" or "bpe") from an iterable of text chunks (streamed once)."""
+    check_tokenizer_args(kind, vocab_size)
+    if kind == "char":
+        seen: set[str] = set()
+        for chunk in chunks:
+            seen.update(chunk)
+        if not seen:
+            raise LmlabError("There is no text to build the char tokenizer from; give it a non-empty text.")
+        return CharTokenizer(sorted(seen))
+    if kind == "byte":
+        return ByteTokenizer()
+    return _train_bpe(chunks, vocab_size)
+
+
+def check_tokenizer_args(kind: str, vocab_size: int | None) -> None:
+    """Raise LmlabError for an unknown kind or a vocab_size that does not fit it."""
+    if kind not in ("char", "byte", "bpe"):
+        raise LmlabError(f"Unknown tokenizer kind {kind!r}; use 'char', 'byte' or 'bpe'.")
+    if kind != "bpe" and vocab_size is not None:
+        raise LmlabError(f"vocab_size applies only to bpe tokenizers; leave it unset for a {kind} tokenizer.")
+    if kind == "bpe" and (vocab_size is None or int(vocab_size) < MIN_BPE_VOCAB):
+        got = "no vocab_size" if vocab_size is None else f"vocab_size {vocab_size}"
+        raise LmlabError(
+            f"A bpe tokenizer needs vocab_size >= {MIN_BPE_VOCAB} (256 bytes + {EOT}), got {got}; "
+            "pass a larger vocab_size (e.g. 512 for a small corpus)."
+        )
+
+
+def _train_bpe(chunks: Iterable[str], vocab_size: int) -> BPETokenizer:
+    """GPT-2 style byte-level BPE: every byte is in the alphabet, so every text encodes and round-trips."""
+    from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=int(vocab_size),
+        special_tokens=[EOT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    hf.train_from_iterator(chunks, trainer)  # streams: HF pulls the chunks in batches
+    return BPETokenizer(hf)
+
+
+class StreamDecoder:
+    """Decode ids one at a time for streaming output: `add(id)` returns the newly completed text.
+
+    Text that would end in U+FFFD (an incomplete UTF-8 sequence from byte/BPE tokens) is held back
+    until more ids arrive; `flush()` returns whatever is left. The pieces joined equal `decode(all ids)`.
+    Like HF text-generation-inference, it decodes a short window with one token of left context, so
+    tokenizers whose decoders depend on neighbours (WordPiece "##", SentencePiece spaces) stream correctly.
+    """
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0  # ids[prefix:read] were already emitted; they give context to the next piece
+        self.read = 0
+
+    def add(self, token_id) -> str:
+        self.ids.append(int(token_id))
+        done = self.tokenizer.decode(self.ids[self.prefix : self.read])
+        text = self.tokenizer.decode(self.ids[self.prefix :])
+        if len(text) <= len(done) or text.endswith("\ufffd"):
+            return ""  # wait for more ids
+        # Drop ids no longer needed as context, keeping memory constant on long streams.
+        self.ids = self.ids[self.read :]
+        self.prefix, self.read = 0, len(self.ids)
+        return text[len(done) :]
+
+    def flush(self) -> str:
+        """Everything not yet returned (possibly ending in U+FFFD); the decoder is then empty."""
+        done = self.tokenizer.decode(self.ids[self.prefix : self.read])
+        text = self.tokenizer.decode(self.ids[self.prefix :])
+        self.ids, self.prefix, self.read = [], 0, 0
+        return text[len(done) :]

@@ -1,0 +1,313 @@
+"""One Trainer for every torch model family: the model only has to provide `loss(batch)`.
+
+AdamW with decay / no-decay groups, linear warmup then cosine decay (nanoGPT / GPT-3 schedule),
+global-norm gradient clipping, gradient accumulation, autocast, periodic evaluation with
+keep-best, atomic checkpoints, exact resume, progress bar, metrics.csv, TensorBoard, loss.png.
+
+The data object provides `batch(split, index)`, a pure function of its index, so a resumed run
+draws the same batches as an uninterrupted one; with the RNG state restored, its losses match.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .checkpoint import (BEST, STATE, WEIGHTS, load_trainer_state, load_weights, save_model_config,
+                         save_trainer_state, save_weights)
+from .config import Config, TrainConfig, save_config
+from .errors import LmlabError
+from .files import atomic_open
+
+METRIC_FIELDS = ["step", "train_loss", "val_loss", "lr", "tokens_per_sec", "elapsed_s"]
+
+
+def lr_at(step: int, t: TrainConfig) -> float:
+    """Learning rate for optimizer step `step` (0-based): linear warmup, cosine decay to min_lr."""
+    decay_iters = t.lr_decay_iters or t.max_iters
+    if step < t.warmup_iters:
+        return t.learning_rate * (step + 1) / (t.warmup_iters + 1)
+    if step >= decay_iters:
+        return t.min_lr
+    progress = (step - t.warmup_iters) / max(1, decay_iters - t.warmup_iters)
+    return t.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (t.learning_rate - t.min_lr)
+
+
+def build_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices (dim >= 2) only, not on biases or norm gains (nanoGPT, GPT-2)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": t.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    # One fused kernel per step instead of a loop over tensors; the fused CPU kernel exists since torch 2.4.
+    return torch.optim.AdamW(groups, lr=t.learning_rate, betas=(t.beta1, t.beta2), fused=True)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise LmlabError(f"device {name!r} was requested but this machine has no CUDA GPU; "
+                         "use --train.device cpu.")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise LmlabError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto.") from None
+
+
+def autocast_context(device: torch.device, dtype: str):
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    if dtype == "float16" and device.type != "cuda":
+        raise LmlabError("train.dtype float16 needs a CUDA GPU; use bfloat16 or float32 on CPU.")
+    return torch.autocast(device.type, dtype=getattr(torch, dtype))
+
+
+def count_tokens(batch) -> int:
+    first = batch[0] if isinstance(batch, (tuple, list)) else batch
+    return first.numel()
+
+
+class Trainer:
+    """Train `model` on `data` with the settings of `cfg.train`, writing everything into `run_dir`."""
+
+    def __init__(self, model: torch.nn.Module, data, cfg: Config, run_dir: str | Path,
+                 tokenizer_path: str | Path | None = None, progress: bool = True):
+        self.cfg, self.t, self.data = cfg, cfg.train, data
+        self.run_dir = Path(run_dir)
+        self.device = resolve_device(self.t.device)
+        self.model = model.to(self.device)
+        if self.t.compile:
+            model.compile()  # compiles the module's __call__, so loss() runs the compiled forward
+        self.optimizer = build_optimizer(model, self.t)
+        self.autocast = autocast_context(self.device, self.t.dtype)
+        self.scaler = torch.amp.GradScaler("cuda") if self.t.dtype == "float16" else None
+        self.progress = progress
+        self.step, self.elapsed, self.best_val = 0, 0.0, math.inf
+        self.tb = None
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.run_dir / "config.yaml")
+        save_model_config(cfg.model, self.run_dir)
+        if tokenizer_path is not None and Path(tokenizer_path).resolve() != (self.run_dir / "tokenizer.json").resolve():
+            with atomic_open(self.run_dir / "tokenizer.json", "wb") as f:
+                f.write(Path(tokenizer_path).read_bytes())
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self) -> None:
+        """model.safetensors, then trainer_state.pt, each written atomically; both carry the step."""
+        save_weights(self.model, self.run_dir / WEIGHTS, self.step)
+        state = {"step": self.step, "elapsed": self.elapsed, "best_val": self.best_val,
+                 "optimizer": self.optimizer.state_dict(), "rng_cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["rng_cuda"] = torch.cuda.get_rng_state_all()
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        save_trainer_state(state, self.run_dir / STATE)
+
+    def resume(self) -> None:
+        """Restore model, optimizer, step and RNG from the run directory's last checkpoint."""
+        state = load_trainer_state(self.run_dir / STATE)
+        model_step = load_weights(self.model, self.run_dir / WEIGHTS)
+        if model_step != state["step"]:
+            raise LmlabError(f"{self.run_dir}: model.safetensors is from step {model_step} but trainer_state.pt "
+                             f"from step {state['step']} (interrupted while saving); start a new run.")
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng_cpu"])
+        if "rng_cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        self.step, self.elapsed, self.best_val = state["step"], state["elapsed"], state["best_val"]
+        self._truncate_metrics(self.step)
+
+    # ------------------------------------------------------------------ metrics
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metric rows written after the checkpoint we resume from (they will be redone)."""
+        path = self.run_dir / "metrics.csv"
+        if not path.exists():
+            return
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= step]
+        with atomic_open(path, "w") as f:
+            writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def _open_metrics(self):
+        path = self.run_dir / "metrics.csv"
+        new = not path.exists()
+        f = open(path, "a", newline="")
+        writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+        if new:
+            writer.writeheader()
+        return f, writer
+
+    def _open_tensorboard(self):
+        if not self.t.tensorboard:
+            return None
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step or None)
+
+    # ------------------------------------------------------------------ loop
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean loss over the fixed validation batches."""
+        self.model.eval()
+        losses = []
+        for i in range(self.t.eval_iters):
+            batch = self._to_device(self.data.batch("val", i))
+            with self.autocast:
+                losses.append(self.model.loss(batch).item())
+        self.model.train()
+        return sum(losses) / len(losses)
+
+    def _to_device(self, batch):
+        if self.device.type == "cpu":
+            return batch
+        return tuple(b.to(self.device, non_blocking=True) for b in batch)
+
+    def _train_step(self) -> tuple[float, int]:
+        """One optimizer step over grad_accum micro-batches; returns (mean loss, tokens)."""
+        lr = lr_at(self.step, self.t)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total, tokens = 0.0, 0
+        for micro in range(self.t.grad_accum):
+            batch = self._to_device(self.data.batch("train", self.step * self.t.grad_accum + micro))
+            with self.autocast:
+                loss = self.model.loss(batch) / self.t.grad_accum
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            total += loss.item()
+            tokens += count_tokens(batch)
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if self.t.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.t.grad_clip, foreach=True)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total, tokens
+
+    def _should_eval(self) -> bool:
+        return self.step % self.t.eval_interval == 0 or self.step == self.t.max_iters
+
+    def _should_save(self) -> bool:
+        every = self.t.save_interval or self.t.eval_interval
+        return self.step % every == 0 or self.step == self.t.max_iters
+
+    def fit(self) -> dict:
+        """Train until max_iters; return a summary (final/best val loss, tokens/s, wall time)."""
+        self.model.train()
+        metrics_file, metrics = self._open_metrics()
+        self.tb = self._open_tensorboard()
+        bar = tqdm(total=self.t.max_iters, initial=self.step, disable=not self.progress, file=sys.stderr,
+                   dynamic_ncols=True, desc="train", unit="step")
+        if self.step == 0:
+            self._log_eval(metrics, bar)
+        run_tokens, run_time, val = 0, 0.0, None
+        try:
+            while self.step < self.t.max_iters:
+                start = time.perf_counter()
+                loss, tokens = self._train_step()
+                if not math.isfinite(loss):
+                    raise LmlabError(f"training diverged at step {self.step + 1} (loss {loss}); "
+                                     "lower train.learning_rate or raise train.warmup_iters.")
+                took = time.perf_counter() - start
+                self.step += 1
+                self.elapsed += took
+                run_tokens, run_time = run_tokens + tokens, run_time + took
+                lr = lr_at(self.step - 1, self.t)
+                row = {"step": self.step, "train_loss": f"{loss:.6f}", "lr": f"{lr:.6g}",
+                       "tokens_per_sec": f"{tokens / took:.1f}", "elapsed_s": f"{self.elapsed:.3f}"}
+                if self._should_eval():
+                    val = self._log_eval(None, bar)
+                    row["val_loss"] = f"{val:.6f}"
+                metrics.writerow(row)
+                if self.tb:
+                    self.tb.add_scalar("loss/train", loss, self.step)
+                    self.tb.add_scalar("lr", lr, self.step)
+                if self.step % self.t.log_interval == 0 or self.step == self.t.max_iters:
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{run_tokens / run_time:,.0f}")
+                bar.update(1)
+                if self._should_save():
+                    metrics_file.flush()
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+            metrics_file.close()
+            if self.tb:
+                self.tb.close()
+        if self.step > 0 and not (self.run_dir / WEIGHTS).exists():
+            self.save_checkpoint()
+        from .report import plot_loss
+
+        plot_loss(self.run_dir / "metrics.csv", self.run_dir / "loss.png")
+        return {"step": self.step, "val_loss": val, "best_val_loss": self.best_val,
+                "tokens_per_sec": run_tokens / run_time if run_time else 0.0, "train_seconds": self.elapsed}
+
+    def _log_eval(self, metrics, bar) -> float:
+        val = self.evaluate()
+        if self.tb:
+            self.tb.add_scalar("loss/val", val, self.step)
+        if metrics is not None:  # the evaluation before the first step
+            metrics.writerow({"step": self.step, "val_loss": f"{val:.6f}", "elapsed_s": f"{self.elapsed:.3f}"})
+        if val < self.best_val:
+            self.best_val = val
+            if self.t.keep_best and self.step > 0:
+                save_weights(self.model, self.run_dir / BEST, self.step)
+        if self.progress:
+            bar.write(f"step {self.step}: val loss {val:.4f} (best {self.best_val:.4f})", file=sys.stderr)
+        return val
+
+
+
+def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
+    """Build the model and data of `cfg` and train them into `run_dir` (or continue that run)."""
+    from .data import TokenBlocks, read_meta
+    from .models import build_model
+
+    run_dir = Path(run_dir)
+    if not resume and (run_dir / STATE).exists():
+        raise LmlabError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+                         "or choose another --out.")
+    meta = read_meta(cfg.data.dir)
+    if cfg.model.vocab_size == 0:
+        cfg.model.vocab_size = meta["vocab_size"]
+    elif cfg.model.vocab_size < meta["vocab_size"]:
+        raise LmlabError(f"model.vocab_size {cfg.model.vocab_size} is smaller than the data's vocabulary "
+                         f"({meta['vocab_size']}); leave it at 0 to take it from the data.")
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model)
+    data = TokenBlocks(cfg.data.dir, cfg.model.block_size, cfg.train.batch_size, cfg.train.seed)
+    trainer = Trainer(model, data, cfg, run_dir, tokenizer_path=Path(cfg.data.dir) / "tokenizer.json",
+                      progress=progress)
+    if resume:
+        trainer.resume()
+    summary = trainer.fit()
+    summary["parameters"] = sum(p.numel() for p in model.parameters())
+    return summary
+
+
+def resume_config(run_dir: str | Path, overrides: dict[str, str] | None = None) -> Config:
+    """The config a run was started with (config.yaml), with optional overrides such as a longer max_iters."""
+    from .config import load_config
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise LmlabError(f"{run_dir} does not exist; --resume takes a run directory written by `lmlab train`.")
+    if not (run_dir / "config.yaml").is_file() or not (run_dir / STATE).is_file():
+        raise LmlabError(f"{run_dir} is not a resumable run (no config.yaml and {STATE}); "
+                         "--resume takes a run directory written by `lmlab train`.")
+    return load_config(run_dir / "config.yaml", overrides)
