@@ -3,15 +3,17 @@
     python benchmarks/train_throughput.py [--nanogpt PATH_TO_NANOGPT_CHECKOUT] [--rounds 5] [--steps 20]
 
 Each model runs a full optimizer step (forward, loss, backward, clip 1.0, AdamW, zero_grad) on the same
-random character batches. Models are measured in interleaved rounds and the median step time is
-reported, because this machine is noisy; ratios from the same run are what matter.
-lmlab's step is the real Trainer step (`Trainer._train_step`), the one `lmlab train` runs.
+random character batches. Each model lives in its own worker process, set up exactly as its own tool
+runs (lmlab's step is the real `Trainer._train_step` that `lmlab train` runs, with lmlab's process
+settings; nanoGPT's is its train.py inner loop), and the workers are timed in interleaved rounds; the
+median step time is reported because this machine is noisy: ratios from the same run are what matter.
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -110,6 +112,54 @@ def time_steps(step, n):
     return (time.perf_counter() - start) / n
 
 
+def make_stepper(model, shape, nanogpt, tmp):
+    batches = make_batches(shape)
+    if model == "lmlab":
+        return lmlab_stepper(shape, batches, tmp)
+    if model == "nanoGPT":
+        return nanogpt_stepper(shape, batches, nanogpt)
+    return hf_stepper(shape, batches)
+
+
+def worker(model, shape_name, nanogpt):
+    """Serve 'N' requests on stdin: run N steps, answer with the seconds per step."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    with tempfile.TemporaryDirectory() as tmp:
+        step = make_stepper(model, SHAPES[shape_name], nanogpt, tmp)
+        time_steps(step, 3)  # warm-up
+        print("ready", flush=True)
+        for line in sys.stdin:
+            print(f"time {time_steps(step, int(line))}", flush=True)
+
+
+class Worker:
+    def __init__(self, model, shape_name, nanogpt):
+        cmd = [sys.executable, __file__, "--worker", model, "--shapes", shape_name]
+        if nanogpt:
+            cmd += ["--nanogpt", nanogpt]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     stderr=subprocess.DEVNULL)
+        for line in self.proc.stdout:  # skip whatever the model prints while it is built
+            if line.strip() == "ready":
+                break
+        else:
+            raise RuntimeError(f"{model} worker failed to start")
+
+    def run(self, steps):
+        self.proc.stdin.write(f"{steps}\n")
+        self.proc.stdin.flush()
+        for line in self.proc.stdout:
+            if line.startswith("time "):
+                return float(line.split()[1])
+        raise RuntimeError("worker died")
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nanogpt", help="path to a nanoGPT checkout (its model.py is imported, never vendored)")
@@ -117,33 +167,31 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=None, help="steps per round (default: 20 / 3 by shape)")
     parser.add_argument("--no-hf", action="store_true")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        return worker(args.worker, args.shapes[0], args.nanogpt)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    models = ["lmlab"] + (["nanoGPT"] if args.nanogpt else []) + ([] if args.no_hf else ["HF GPT2LMHeadModel"])
     for name in args.shapes:
         shape = SHAPES[name]
         steps = args.steps or (20 if name == "4x128" else 3)
-        batches = make_batches(shape)
         tokens = shape["batch_size"] * shape["block_size"]
-        with tempfile.TemporaryDirectory() as tmp:
-            steppers = {"lmlab": lmlab_stepper(shape, batches, tmp)}
-            if args.nanogpt:
-                steppers["nanoGPT"] = nanogpt_stepper(shape, batches, args.nanogpt)
-            if not args.no_hf:
-                steppers["HF GPT2LMHeadModel"] = hf_stepper(shape, batches)
-            for step in steppers.values():  # warm-up
-                time_steps(step, 3)
-            times = {k: [] for k in steppers}
-            for _ in range(args.rounds):
-                for key, step in steppers.items():
-                    times[key].append(time_steps(step, steps))
+        workers = {m: Worker(m, name, args.nanogpt) for m in models}
+        times = {m: [] for m in models}
+        for _ in range(args.rounds):
+            for m, w in workers.items():
+                times[m].append(w.run(steps))
+        for w in workers.values():
+            w.close()
         print(f"\n## {name}: block {shape['block_size']}, batch {shape['batch_size']}, vocab {VOCAB}, "
               f"{args.rounds} rounds x {steps} steps, median")
         print("| model | ms/step | tokens/s | lmlab speed-up |")
         print("|---|---|---|---|")
         ours = statistics.median(times["lmlab"])
-        for key, values in times.items():
+        for m, values in times.items():
             t = statistics.median(values)
-            print(f"| {key} | {t * 1000:.1f} | {tokens / t:,.0f} | {t / ours:.2f}x |")
+            print(f"| {m} | {t * 1000:.1f} | {tokens / t:,.0f} | {t / ours:.2f}x |")
         sys.stdout.flush()
 
 

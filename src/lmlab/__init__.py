@@ -9,6 +9,8 @@
     print(lmlab.generate(model, tokenizer, "ROMEO:", max_new_tokens=100, temperature=0.8, seed=1)[0])
 """
 import importlib
+import sys
+import types
 
 # Public names -> the module that defines them. Imported on first use (PEP 562), so `lmlab --help`
 # and `import lmlab` stay fast and do not load torch until a model is touched.
@@ -28,3 +30,20 @@ def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module 'lmlab' has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """`lmlab.train` and `lmlab.generate` are the public functions, not the submodules of the same name.
+
+    Importing a submodule makes the import system bind it on the package (setattr(lmlab, "train", module)),
+    which would shadow the function after first use; bind the function of that name instead.
+    `from lmlab.train import Trainer` still works (it goes through sys.modules).
+    """
+
+    def __setattr__(self, name, value):
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -6,6 +6,7 @@ draws from it, so sample i is the same whether it is drawn alone or in a batch.
 """
 from __future__ import annotations
 
+import secrets
 import sys
 from dataclasses import dataclass
 from typing import Iterator
@@ -72,14 +73,16 @@ def choose_next(logprobs: torch.Tensor, cfg: GenerationConfig, generators: list[
         logits = apply_top_p(logits, cfg.top_p)
     # Inverse-CDF sampling with one uniform draw per row from that row's generator.
     cdf = logits.softmax(-1).cumsum(-1)
+    # right=True: the first token whose cumulative mass exceeds u, never one of probability 0.
     u = torch.stack([torch.rand((), generator=g) for g in generators]).to(cdf.device) * cdf[:, -1]
-    return torch.searchsorted(cdf, u[:, None]).clamp_(max=cdf.size(-1) - 1)[:, 0]
+    return torch.searchsorted(cdf, u[:, None], right=True).clamp_(max=cdf.size(-1) - 1)[:, 0]
 
 
 # --------------------------------------------------------------------------- the loop
 
 def make_generators(cfg: GenerationConfig, n: int) -> list[torch.Generator]:
-    seed = cfg.seed if cfg.seed is not None else int(torch.seed() % (2**31))
+    # No seed: a fresh one from the OS (torch.seed() would also reseed torch's global RNG, e.g. a training run's).
+    seed = cfg.seed if cfg.seed is not None else secrets.randbits(31)
     return [torch.Generator().manual_seed(seed + i) for i in range(n)]
 
 

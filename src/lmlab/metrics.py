@@ -63,12 +63,22 @@ def evaluate_ids(model, tokenizer, ids, text: str | None = None, **kwargs) -> Ev
     ids = np.asarray(ids, dtype=np.int64)
     if ids.size < 2:
         raise LmlabError("the evaluation text is too short: it needs at least two tokens.")
-    text = tokenizer.decode(ids) if text is None else text
+    if kwargs.get("stride") is not None and kwargs["stride"] < 1:
+        raise LmlabError(f"stride must be a positive number of tokens, got {kwargs['stride']}.")
+    vocab = getattr(tokenizer, "vocab_size", None)
+    if vocab is not None and (ids.min() < 0 or ids.max() >= vocab):
+        raise LmlabError(f"the data has token id {int(ids.max() if ids.max() >= vocab else ids.min())} outside the "
+                         f"model's vocabulary of {vocab}; it was prepared with another tokenizer.")
     start = time.perf_counter()
     logprobs = model.token_logprobs(ids, **kwargs)
     seconds = time.perf_counter() - start
-    skipped = tokenizer.decode(ids[: ids.size - logprobs.size]) if logprobs.size < ids.size else ""
-    predicted = text[len(skipped):] if text.startswith(skipped) else text
+    if text is None:  # ids from a .bin split: the text is their decoding, without document separators
+        predicted_ids = ids[ids.size - logprobs.size:]
+        eot = getattr(tokenizer, "eot_id", None)
+        predicted = tokenizer.decode(predicted_ids if eot is None else predicted_ids[predicted_ids != eot])
+    else:
+        skipped = tokenizer.decode(ids[: ids.size - logprobs.size]) if logprobs.size < ids.size else ""
+        predicted = text[len(skipped):] if text.startswith(skipped) else text
     return EvalResult(tokens=int(logprobs.size), chars=len(predicted), bytes=len(predicted.encode("utf-8")),
                       nll=float(-logprobs.sum()), seconds=seconds)
 

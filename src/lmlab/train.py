@@ -24,6 +24,7 @@ from .checkpoint import (BEST, STATE, WEIGHTS, load_trainer_state, load_weights,
 from .config import Config, TrainConfig, save_config
 from .errors import LmlabError
 from .files import atomic_open
+from .runtime import tune_allocator
 
 METRIC_FIELDS = ["step", "train_loss", "val_loss", "lr", "tokens_per_sec", "elapsed_s"]
 
@@ -78,6 +79,7 @@ class Trainer:
 
     def __init__(self, model: torch.nn.Module, data, cfg: Config, run_dir: str | Path,
                  tokenizer_path: str | Path | None = None, progress: bool = True):
+        tune_allocator()
         self.cfg, self.t, self.data = cfg, cfg.train, data
         self.run_dir = Path(run_dir)
         self.device = resolve_device(self.t.device)
