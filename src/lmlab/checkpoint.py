@@ -58,11 +58,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
 def load_weights(model: torch.nn.Module, path: str | Path) -> int:
     """Load weights into `model`; return the training step stored with them."""
     tensors, meta = read_weights(path)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    tied = {n for n in missing if _is_tied(model, n)}
-    if set(missing) - tied or unexpected:
-        raise LmlabError(f"{path} does not match the model in config.json "
-                         f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]}).")
+    load_state_into(model, tensors, path)
     return int(meta.get("step", 0))
 
 
@@ -87,6 +83,26 @@ def load_trainer_state(path: str | Path) -> dict:
     except Exception as e:
         raise LmlabError(f"{path} is corrupt or truncated ({type(e).__name__}); "
                          "it cannot be resumed — start a new run.") from None
+
+
+def check_resumable(run_dir: str | Path) -> int:
+    """Read a run's trainer_state.pt as a resume will; return its step.
+
+    Lets `lmlab train --resume` refuse a corrupt checkpoint before anything in the run is rewritten.
+    """
+    state = load_trainer_state(Path(run_dir) / STATE)
+    if not isinstance(state, dict) or not {"step", "model", "optimizer"} <= state.keys():
+        raise LmlabError(f"{Path(run_dir) / STATE} is not an lmlab trainer state; start a new run.")
+    return state["step"]
+
+
+def load_state_into(model: torch.nn.Module, tensors: dict, source) -> None:
+    """Load a (tie-deduplicated) state dict into `model`, naming `source` if it does not fit."""
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    tied = {n for n in missing if _is_tied(model, n)}
+    if set(missing) - tied or unexpected:
+        raise LmlabError(f"{source} does not match the model in config.json "
+                         f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]}).")
 
 
 def save_model_config(model_cfg, run_dir: str | Path) -> None:

@@ -54,7 +54,10 @@ def cmd_train(args) -> None:
     from .train import resume_config, train
 
     if args.resume:
+        from .checkpoint import check_resumable
+
         cfg, run_dir = resume_config(args.resume, args.overrides), Path(args.resume)
+        check_resumable(run_dir)  # a corrupt checkpoint is refused before the run is touched
     else:
         if not args.config:
             raise LmlabError("lmlab train needs --config FILE (see configs/) or --resume RUN_DIR.")
@@ -82,11 +85,16 @@ def cmd_eval(args) -> None:
     from .metrics import evaluate_ids, evaluate_text
 
     model, tokenizer = load(args.run)
-    kwargs = {"stride": args.stride} if args.stride else {}
+    kwargs = {"stride": args.stride} if args.stride is not None else {}
     path = Path(args.data)
     if path.suffix == ".bin":
         from .data import load_split
 
+        data_tokenizer = path.parent / "tokenizer.json"
+        if data_tokenizer.is_file() and (json.loads(data_tokenizer.read_text(encoding="utf-8"))
+                                         != json.loads((Path(args.run) / "tokenizer.json").read_text(encoding="utf-8"))):
+            raise LmlabError(f"{path} was prepared with another tokenizer than the one of {args.run}; "
+                             "evaluate on a text file instead.")
         result = evaluate_ids(model, tokenizer, load_split(path.parent, path.stem), **kwargs)
     else:
         result = evaluate_text(model, tokenizer, read_text(path), **kwargs)
@@ -134,6 +142,8 @@ def cmd_generate(args) -> None:
                            top_p=args.top_p, num_return_sequences=args.num_return_sequences, seed=args.seed)
     cfg.validate()
     model, tokenizer = load(args.run)
+    if not tokenizer.encode(args.prompt):  # unknown characters fail here, before the prompt is echoed
+        raise LmlabError("the prompt is empty after tokenization; give a non-empty --prompt.")
     for i in range(cfg.num_return_sequences):
         if cfg.num_return_sequences > 1:
             print(f"--- sample {i + 1} ---", flush=True)
@@ -143,6 +153,62 @@ def cmd_generate(args) -> None:
             sys.stdout.flush()
         sys.stdout.write("\n")
     sys.stdout.flush()
+
+
+# --------------------------------------------------------------------------- ngram
+
+def _add_ngram(sub) -> None:
+    p = sub.add_parser("ngram", help="n-gram LMs like KenLM: train (lmplz) an ARPA file, query it",
+                       description="Build a modified Kneser-Ney n-gram model (same ARPA as KenLM's lmplz) or score text "
+                                   "with an ARPA/.npz model (like KenLM's query).")
+    verbs = p.add_subparsers(dest="ngram_command", metavar="VERB")
+    verbs.required = True
+    t = verbs.add_parser("train", help="count and estimate an n-gram model (lmplz)")
+    t.add_argument("-o", "--order", type=int, default=5)
+    t.add_argument("--data", required=True, help="training text, one sentence per line")
+    t.add_argument("--out", required=True, help="model file: .arpa (KenLM/SRILM readable) or .npz (fast reload)")
+    t.add_argument("--tokenizer", choices=["word", "char"], default="word")
+    t.add_argument("--smoothing", choices=["mkn", "add-k", "witten-bell"], default="mkn")
+    t.add_argument("-k", type=float, default=1.0, help="k for add-k smoothing")
+    t.add_argument("--discount-fallback", nargs="*", type=float, metavar="D",
+                   help="when the closed-form discounts fail, use these (default 0.5 1 1.5), like lmplz")
+    t.add_argument("--skip-symbols", action="store_true", help="treat <s>, </s>, <unk> in the text as spaces")
+    t.add_argument("--prune", nargs="+", type=int, metavar="N",
+                   help="drop n-grams seen at most N times, one threshold per order, e.g. 0 0 1 (lmplz --prune)")
+    t.add_argument("--limit-vocab-file", metavar="F",
+                   help="keep only n-grams made of the whitespace-separated words in F (lmplz --limit_vocab_file)")
+    t.add_argument("--encoding", default="utf-8", help="encoding of the training text")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_ngram_train)
+    q = verbs.add_parser("query", help="score text from stdin (or --data) like KenLM's query")
+    q.add_argument("model", help=".arpa or .npz model")
+    q.add_argument("--data", help="text file to score instead of stdin")
+    q.add_argument("--summary", action="store_true", help="print only the totals")
+    q.set_defaults(func=cmd_ngram_query)
+
+
+def cmd_ngram_train(args) -> None:
+    from .models.ngram import NGramLM
+
+    fallback = None if args.discount_fallback is None else (args.discount_fallback or True)
+    model = NGramLM.train(Path(args.data), order=args.order, smoothing=args.smoothing, discount_fallback=fallback,
+                          prune=args.prune, limit_vocab=args.limit_vocab_file, progress=not args.quiet,
+                          tokenizer=args.tokenizer, skip_symbols=args.skip_symbols, k=args.k, encoding=args.encoding)
+    if Path(args.out).suffix == ".npz":
+        model.save(args.out)
+    else:
+        model.save_arpa(args.out)
+    counts = " ".join(f"{n + 1}-grams {c:,}" for n, c in enumerate(model.info["counts"]))
+    print(f"wrote {args.out}: {model.info['tokens']:,} tokens, vocab {model.vocab_size:,}, {counts}", file=sys.stderr)
+
+
+def cmd_ngram_query(args) -> None:
+    from .models.ngram import load_ngram, query_report
+
+    model = load_ngram(args.model)
+    text = read_text(Path(args.data)) if args.data else sys.stdin.read()
+    for line in query_report(model, text, summary=args.summary):
+        sys.stdout.write(line)
 
 
 # --------------------------------------------------------------------------- demo
@@ -166,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmlab", description="Build, train, evaluate and sample language models.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for add in (_add_prepare, _add_train, _add_eval, _add_generate, _add_demo):
+    for add in (_add_prepare, _add_train, _add_eval, _add_generate, _add_ngram, _add_demo):
         add(sub)
     return parser
 
@@ -190,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `lmlab generate ... | head`
         sys.stderr.close()
         return 0
+    except OSError as e:  # a path given by the user that cannot be created, read or written (e.g. --out is a file)
+        where = f": {e.filename}" if e.filename else ""
+        print(f"lmlab {args.command}: error: {e.strerror or e}{where}; check the paths given.", file=sys.stderr)
+        return 2
     return 0
 
 

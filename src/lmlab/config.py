@@ -37,7 +37,7 @@ class TrainConfig:
     min_lr: float = 1e-4  # cosine decay floor
     warmup_iters: int = 100  # linear warmup steps
     lr_decay_iters: int | None = None  # end of the cosine decay; None = max_iters
-    weight_decay: float = 0.1  # applied to matrices only (not biases, norms, embeddings of positions)
+    weight_decay: float = 0.1  # applied to matrices only (embeddings and Linear weights; not biases or norm gains)
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping

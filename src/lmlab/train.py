@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .checkpoint import (BEST, STATE, WEIGHTS, load_trainer_state, load_weights, save_model_config,
-                         save_trainer_state, save_weights)
+from .checkpoint import (BEST, STATE, WEIGHTS, check_resumable, load_state_into, load_trainer_state,
+                         save_model_config, save_trainer_state, save_weights, unique_state_dict)
 from .config import Config, TrainConfig, save_config
 from .errors import LmlabError
 from .files import atomic_open
@@ -102,23 +102,24 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self) -> None:
-        """model.safetensors, then trainer_state.pt, each written atomically; both carry the step."""
-        save_weights(self.model, self.run_dir / WEIGHTS, self.step)
+        """trainer_state.pt (the whole resume point, weights included: one atomic file), then model.safetensors.
+
+        A kill between the two renames leaves a consistent trainer_state.pt to resume from.
+        """
         state = {"step": self.step, "elapsed": self.elapsed, "best_val": self.best_val,
+                 "model": unique_state_dict(self.model),
                  "optimizer": self.optimizer.state_dict(), "rng_cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             state["rng_cuda"] = torch.cuda.get_rng_state_all()
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
         save_trainer_state(state, self.run_dir / STATE)
+        save_weights(self.model, self.run_dir / WEIGHTS, self.step)
 
     def resume(self) -> None:
         """Restore model, optimizer, step and RNG from the run directory's last checkpoint."""
         state = load_trainer_state(self.run_dir / STATE)
-        model_step = load_weights(self.model, self.run_dir / WEIGHTS)
-        if model_step != state["step"]:
-            raise LmlabError(f"{self.run_dir}: model.safetensors is from step {model_step} but trainer_state.pt "
-                             f"from step {state['step']} (interrupted while saving); start a new run.")
+        load_state_into(self.model, state["model"], self.run_dir / STATE)
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng_cpu"])
         if "rng_cuda" in state and torch.cuda.is_available():
@@ -136,7 +137,9 @@ class Trainer:
         if not path.exists():
             return
         with open(path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= step]
+            # A kill can leave a half-written last row: keep only complete rows up to the checkpoint.
+            rows = [r for r in csv.DictReader(f)
+                    if r.get("elapsed_s") and r["step"].isdigit() and int(r["step"]) <= step]
         with atomic_open(path, "w") as f:
             writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
             writer.writeheader()
@@ -144,8 +147,8 @@ class Trainer:
 
     def _open_metrics(self):
         path = self.run_dir / "metrics.csv"
-        new = not path.exists()
-        f = open(path, "a", newline="")
+        new = self.step == 0 or not path.exists()  # a fresh run never appends to an earlier attempt's rows
+        f = open(path, "w" if new else "a", newline="")
         writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
         if new:
             writer.writeheader()
@@ -290,9 +293,12 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
     elif cfg.model.vocab_size < meta["vocab_size"]:
         raise LmlabError(f"model.vocab_size {cfg.model.vocab_size} is smaller than the data's vocabulary "
                          f"({meta['vocab_size']}); leave it at 0 to take it from the data.")
+    if resume:
+        check_resumable(run_dir)
+    data = TokenBlocks(cfg.data.dir, cfg.model.block_size, cfg.train.batch_size, cfg.train.seed)
+    data.split("train"), data.split("val")  # fail on too-short splits before anything is written
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)
-    data = TokenBlocks(cfg.data.dir, cfg.model.block_size, cfg.train.batch_size, cfg.train.seed)
     trainer = Trainer(model, data, cfg, run_dir, tokenizer_path=Path(cfg.data.dir) / "tokenizer.json",
                       progress=progress)
     if resume:

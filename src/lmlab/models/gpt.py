@@ -115,7 +115,7 @@ class GPT(nn.Module):
         """Mean next-token cross-entropy (nats) of a training batch (x, y)."""
         x, y = batch
         logits = self(x)
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
 
     # ------------------------------------------------------------------ causal-LM interface
 

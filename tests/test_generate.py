@@ -1,0 +1,144 @@
+"""Sampling: greedy, seeds, batching, top-k / top-p / temperature rules, prompt cropping, streaming."""
+import math
+
+import pytest
+import torch
+
+from lmlab.errors import LmlabError
+from lmlab.generate import (GenerationConfig, apply_top_k, apply_top_p, choose_next, generate, generate_ids,
+                            make_generators, stream)
+
+
+def greedy_by_hand(model, ids: list[int], n: int) -> list[int]:
+    """Argmax chain from full forwards of the (cropped) context, no KV cache."""
+    ids = list(ids)
+    for _ in range(n):
+        with torch.no_grad():
+            logits = model(torch.tensor([ids[-model.block_size:]]))[0, -1]
+        ids.append(int(logits.argmax()))
+    return ids
+
+
+def test_greedy_is_the_argmax_chain(tiny_model):
+    model, tok = tiny_model
+    prompt = "ROMEO:\nWhat"
+    n = 2 * model.block_size  # goes past block_size: the context is cropped on the way
+    want = greedy_by_hand(model, tok.encode(prompt), n)[len(prompt):]
+    assert generate(model, tok, prompt, max_new_tokens=n, temperature=0)[0] == tok.decode(want)
+    assert generate(model, tok, prompt, max_new_tokens=n, temperature=0.7, top_k=1, seed=5)[0] == tok.decode(want)
+
+
+def test_same_seed_same_samples_other_seed_other_samples(tiny_model):
+    model, tok = tiny_model
+    cfg = dict(max_new_tokens=60, temperature=1.0, num_return_sequences=2)
+    a = generate(model, tok, "KING", seed=11, **cfg)
+    assert a == generate(model, tok, "KING", seed=11, **cfg)
+    b = generate(model, tok, "KING", seed=12, **cfg)
+    assert a != b and a[0] != a[1]
+    assert all(len(s) == 60 for s in a + b)
+
+
+def test_sample_i_is_the_same_alone_or_batched(tiny_model):
+    model, tok = tiny_model
+    cfg = GenerationConfig(max_new_tokens=40, temperature=0.9, top_k=20, top_p=0.9, num_return_sequences=3, seed=3)
+    batched = generate(model, tok, "First Citizen:", cfg)
+    for i in range(3):
+        assert "".join(stream(model, tok, "First Citizen:", cfg, sequence=i)) == batched[i]
+        ids = torch.stack(list(generate_ids(model, tok.encode("First Citizen:"), cfg, first_sequence=i, batch=1)))
+        assert tok.decode(ids[:, 0].tolist()) == batched[i]
+
+
+def test_long_prompt_is_cropped_to_its_last_block_size_tokens(tiny_model, capsys):
+    model, tok = tiny_model
+    text = "All the world's a stage, and all the men and women merely players."
+    assert len(tok.encode(text)) > model.block_size
+    tail = tok.decode(tok.encode(text)[-model.block_size:])
+    cfg = GenerationConfig(max_new_tokens=20, temperature=0.8, seed=2)
+    assert generate(model, tok, text, cfg) == generate(model, tok, tail, cfg)
+    streamed = "".join(stream(model, tok, text, cfg))
+    assert streamed == generate(model, tok, tail, cfg)[0]
+    err = capsys.readouterr().err
+    assert f"only its last {model.block_size} tokens are used" in err
+
+
+def test_zero_new_tokens_and_empty_prompt(tiny_model):
+    model, tok = tiny_model
+    assert generate(model, tok, "Hi", max_new_tokens=0) == [""]
+    with pytest.raises(LmlabError, match="prompt is empty"):
+        generate(model, tok, "", max_new_tokens=3)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("temperature", -0.5, "temperature must be >= 0"),
+    ("top_k", 0, "top_k must be >= 1"),
+    ("top_p", 0.0, "top_p must be in"),
+    ("top_p", 1.5, "top_p must be in"),
+    ("max_new_tokens", -1, "max_new_tokens must be >= 0"),
+    ("num_return_sequences", 0, "num_return_sequences must be >= 1"),
+])
+def test_generation_config_validation(tiny_model, field, value, message):
+    model, tok = tiny_model
+    with pytest.raises(LmlabError, match=message):
+        generate(model, tok, "Hi", **{field: value})
+
+
+# ----------------------------------------------------------------------------------- logits processors
+
+PROBS = torch.tensor([0.05, 0.5, 0.15, 0.3])  # sorted: 0.5 (id 1), 0.3 (id 3), 0.15 (id 2), 0.05 (id 0)
+
+
+def kept(logits: torch.Tensor) -> set[int]:
+    return {i for i, v in enumerate(logits.tolist()) if v != -math.inf}
+
+
+@pytest.mark.parametrize("p, nucleus", [
+    (0.3, {1}), (0.5, {1}), (0.51, {1, 3}), (0.79, {1, 3}), (0.81, {1, 3, 2}), (0.94, {1, 3, 2}),
+    (0.96, {0, 1, 2, 3}), (1.0, {0, 1, 2, 3}),
+])
+def test_top_p_keeps_the_minimal_nucleus(p, nucleus):
+    logits = PROBS.log()[None]
+    out = apply_top_p(logits, p)
+    assert kept(out[0]) == nucleus
+    assert torch.equal(out[0, list(nucleus)], logits[0, list(nucleus)])  # kept logits are unchanged
+    # Rows are independent: a second, reversed row gets its own nucleus.
+    both = apply_top_p(torch.cat([logits, logits.flip(-1)]), p)
+    assert kept(both[1]) == {3 - i for i in nucleus}
+
+
+def test_top_k_keeps_the_k_largest():
+    logits = PROBS.log()[None]
+    assert kept(apply_top_k(logits, 1)[0]) == {1}
+    assert kept(apply_top_k(logits, 2)[0]) == {1, 3}
+    assert kept(apply_top_k(logits, 3)[0]) == {1, 2, 3}
+    assert kept(apply_top_k(logits, 10)[0]) == {0, 1, 2, 3}
+
+
+def test_sampling_frequencies_follow_the_processed_distribution():
+    n = 4000
+    logprobs = PROBS.log()[None].expand(n, -1)
+    gens = make_generators(GenerationConfig(seed=0), n)
+    def freq(cfg):
+        draws = choose_next(logprobs, cfg, gens)
+        return torch.bincount(draws, minlength=4).double() / n
+    # Plain sampling: the model's probabilities (4000 draws: standard error < 0.008).
+    torch.testing.assert_close(freq(GenerationConfig(temperature=1.0)), PROBS.double(), rtol=0, atol=0.03)
+    # top_p 0.79 keeps {1, 3}, renormalized to 0.625 / 0.375.
+    torch.testing.assert_close(freq(GenerationConfig(temperature=1.0, top_p=0.79)),
+                               torch.tensor([0, 0.625, 0, 0.375], dtype=torch.float64), rtol=0, atol=0.03)
+    # temperature 2 flattens: p^(1/2), renormalized.
+    flat = PROBS.double().sqrt() / PROBS.double().sqrt().sum()
+    torch.testing.assert_close(freq(GenerationConfig(temperature=2.0)), flat, rtol=0, atol=0.03)
+    # temperature 0 is greedy; top_k 1 too, whatever the temperature.
+    assert set(choose_next(logprobs, GenerationConfig(temperature=0), gens).tolist()) == {1}
+    assert set(choose_next(logprobs, GenerationConfig(temperature=5.0, top_k=1), gens).tolist()) == {1}
+
+
+def test_unseeded_sampling_leaves_the_global_rng_alone(tiny_model):
+    model, tok = tiny_model
+    torch.manual_seed(123)
+    want = torch.rand(3)
+    torch.manual_seed(123)
+    a = generate(model, tok, "KING", max_new_tokens=40, temperature=1.0)  # no seed
+    assert torch.equal(torch.rand(3), want)  # e.g. a training loop's dropout stream is not reseeded
+    b = generate(model, tok, "KING", max_new_tokens=40, temperature=1.0)
+    assert a != b  # and unseeded samples still differ from call to call
