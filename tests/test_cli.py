@@ -309,3 +309,13 @@ def test_data_dir_that_was_not_prepared(tiny_run, tmp_path, capsys):
     assert_user_error(*run_main(["train", "--config", tiny_run["config"], "--out", tmp_path / "run",
                                  "--data.dir", tmp_path / "nowhere"], capsys), "nowhere", "lmlab prepare")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("verb", ["eval", "generate"])
+def test_eval_and_generate_refuse_cuda_without_a_gpu(tiny_run, verb, capsys, tmp_path):
+    val = tmp_path / "val.txt"
+    val.write_text("ROMEO:\nAnd so it goes.\n")
+    extra = ["--data", val] if verb == "eval" else ["--max-new-tokens", "3"]
+    code, out, err = run_main([verb, tiny_run["run"], *extra, "--device", "cuda"], capsys)
+    assert code == 2 and "no CUDA GPU" in err and "Traceback" not in err and out == ""

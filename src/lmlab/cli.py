@@ -77,14 +77,16 @@ def _add_eval(sub) -> None:
     p.add_argument("--data", required=True, help="a text file, or a val.bin/train.bin written by lmlab prepare")
     p.add_argument("--stride", type=int, default=None, help="sliding-window stride (default block_size/2)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.set_defaults(func=cmd_eval)
 
 
 def cmd_eval(args) -> None:
     from .checkpoint import load
     from .metrics import evaluate_ids, evaluate_text
+    from .train import resolve_device
 
-    model, tokenizer = load(args.run)
+    model, tokenizer = load(args.run, device=str(resolve_device(args.device)))
     kwargs = {"stride": args.stride} if args.stride is not None else {}
     path = Path(args.data)
     if path.suffix == ".bin":
@@ -131,17 +133,19 @@ def _add_generate(sub) -> None:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--num-return-sequences", type=int, default=1)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.set_defaults(func=cmd_generate)
 
 
 def cmd_generate(args) -> None:
     from .checkpoint import load
     from .generate import GenerationConfig, stream
+    from .train import resolve_device
 
     cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                            top_p=args.top_p, num_return_sequences=args.num_return_sequences, seed=args.seed)
     cfg.validate()
-    model, tokenizer = load(args.run)
+    model, tokenizer = load(args.run, device=str(resolve_device(args.device)))
     if not tokenizer.encode(args.prompt):  # unknown characters fail here, before the prompt is echoed
         raise LmlabError("the prompt is empty after tokenization; give a non-empty --prompt.")
     for i in range(cfg.num_return_sequences):
