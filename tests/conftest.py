@@ -121,3 +121,23 @@ def tiny_model(tiny_run):
     import lmlab
 
     return lmlab.load(tiny_run["run"])
+
+
+# Tiny LSTM trained by the same Trainer on the same data (truncated BPTT over TokenStreams).
+TINY_LSTM = {"family": "rnn", "cell": "lstm", "n_layer": 2, "n_embd": 32, "n_hidden": 32, "block_size": 32,
+             "dropout": 0.1}
+
+
+@pytest.fixture(scope="session")
+def tiny_lstm_run(char_data, tmp_path_factory) -> dict:
+    """A 2x32 LSTM trained 60 steps on `char_data`; do not modify."""
+    import lmlab
+    import yaml
+
+    base = tmp_path_factory.mktemp("tiny-lstm")
+    cfg_path = base / "lstm.yaml"
+    cfg_path.write_text(yaml.safe_dump({"model": TINY_LSTM, "data": {"dir": str(char_data)},
+                                        "train": {**TINY_TRAIN, "learning_rate": 1e-2, "min_lr": 1e-3, "tensorboard": False}}), encoding="utf-8")
+    run = base / "run"
+    summary = lmlab.train(lmlab.load_config(cfg_path), run, progress=False)
+    return {"run": run, "config": cfg_path, "summary": summary, "data": char_data}

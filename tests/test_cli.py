@@ -181,7 +181,7 @@ def test_eval_missing_or_empty_text(tiny_run, tmp_path, content, needle, capsys)
     (["--train.batch_size", "-1"], ["train.batch_size must be a positive integer", "-1"]),
     (["--train.learning_rate", "x"], ["train.learning_rate must be a number"]),
     (["--train.max_iters"], ["--train.max_iters needs a value"]),
-    (["--model.family", "rnnn"], ["unknown model family 'rnnn'", "gpt"]),
+    (["--model.family", "transformer"], ["unknown model family 'transformer'", "gpt", "rnn"]),
     (["--train.lr", "1"], ["'train.lr'"]),
     (["--dropout", "0.1"], ["--model.n_layer 4"]),
 ])

@@ -162,3 +162,35 @@ def test_stream_decoder_bpe_and_char(bpe, char, text):
     # A truncated multi-byte character is flushed at the end as U+FFFD, like decode().
     ids = ByteTokenizer().encode("ab🙂")[:-1]
     assert "".join(_stream(ByteTokenizer(), ids)) == "ab\ufffd"
+
+
+# ----------------------------------------------------------------------------------- word
+
+def test_word_tokenizer_round_trip_unk_and_max_vocab(tmp_path):
+    from lmlab.tokenizer import WordTokenizer
+
+    tok = train_tokenizer("word", ["the cat sat\n", "on the mat\nthe end"])
+    assert isinstance(tok, WordTokenizer) and tok.vocab[:3] == ["<unk>", "\n", "the"]
+    ids = tok.encode("the  cat\tsat\n\non a mat")
+    assert ids.count(1) == 2 and ids[-2] == 0  # two newlines; "a" is unknown
+    assert tok.decode(ids) == "the cat sat\n\non <unk> mat"  # whitespace normalised, unknown word shown as <unk>
+    assert tok.decode(tok.encode("the cat\nsat")) == "the cat\nsat"
+    small = train_tokenizer("word", ["a a a b b c\n"], vocab_size=4)
+    assert small.vocab == ["<unk>", "\n", "a", "b"] and small.encode("c") == [0]
+    tok.save(tmp_path)
+    again = load_tokenizer(tmp_path)
+    assert again.vocab == tok.vocab and again.encode("the end") == tok.encode("the end")
+    with pytest.raises(LmlabError, match="vocab_size >= 3"):
+        train_tokenizer("word", ["a"], vocab_size=2)
+
+
+def test_prepare_word_level_is_chunk_invariant(tmp_path):
+    import lmlab
+
+    src = tmp_path / "words.txt"
+    src.write_text("= Title =\n\nthe cat sat\n on the mat .\n" * 200 + "the end\n", encoding="utf-8")
+    a = lmlab.prepare(src, tmp_path / "a", tokenizer="word", progress=False)
+    lmlab.prepare(src, tmp_path / "b", tokenizer="word", progress=False, chunk_chars=50)
+    assert a["tokenizer"] == "word" and a["vocab_size"] == 11
+    for name in ("train.bin", "val.bin", "tokenizer.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()

@@ -19,7 +19,8 @@ _EXPORTS = {
     "load_config": "config", "TokenBlocks": "data", "prepare": "data", "LmlabError": "errors",
     "GenerationConfig": "generate", "generate": "generate", "stream": "generate", "EvalResult": "metrics",
     "evaluate_ids": "metrics", "evaluate_text": "metrics", "FAMILIES": "models", "build_model": "models",
-    "GPT": "models.gpt", "GPTConfig": "models.gpt", "Tokenizer": "tokenizer", "load_tokenizer": "tokenizer",
+    "GPT": "models.gpt", "GPTConfig": "models.gpt", "RNNLM": "models.rnn", "RNNConfig": "models.rnn",
+    "TokenStreams": "data", "compare": "compare", "Tokenizer": "tokenizer", "load_tokenizer": "tokenizer",
     "Trainer": "train", "train": "train",
 }
 __version__ = "0.1.0"
@@ -37,7 +38,7 @@ class _Package(types.ModuleType):
 
     Importing a submodule makes the import system bind it on the package (setattr(lmlab, "train", module)),
     which would shadow the function after first use; bind the function of that name instead.
-    `from lmlab.train import Trainer` still works (it goes through sys.modules).
+    `from lmlab.train import Trainer` still works (it goes through sys.modules). Same for `lmlab.compare`.
     """
 
     def __setattr__(self, name, value):

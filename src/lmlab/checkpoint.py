@@ -18,6 +18,7 @@ from .errors import LmlabError
 from .files import atomic_open, atomic_write_json, read_json
 
 WEIGHTS, BEST, STATE, MODEL_CONFIG = "model.safetensors", "best.safetensors", "trainer_state.pt", "config.json"
+NGRAM_SUFFIXES = (".arpa", ".npz")  # n-gram model files, loaded by load() like run directories
 
 
 def unique_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -114,6 +115,10 @@ def is_run_dir(path: str | Path) -> bool:
     return (path / MODEL_CONFIG).is_file() and (path / WEIGHTS).is_file()
 
 
+def is_ngram_file(path: str | Path) -> bool:
+    return Path(path).suffix in NGRAM_SUFFIXES and Path(path).is_file()
+
+
 def load_model_config(run_dir: str | Path):
     from .config import build_dataclass, model_config_class
 
@@ -125,16 +130,23 @@ def load(path: str | Path, which: str = "best", device: str = "cpu"):
     """Load a trained model and its tokenizer from a run directory: `model, tokenizer = lmlab.load(run)`.
 
     which = "best" uses best.safetensors when the run kept one, else the latest weights; "last" the latest.
+    An n-gram model file (.arpa or .npz) loads too: the NGramLM is its own tokenizer (encode / decode).
     """
     from .models import build_model
     from .tokenizer import load_tokenizer
 
     run = Path(path)
     if not run.exists():
-        raise LmlabError(f"{run} does not exist; give a run directory written by `lmlab train`.")
+        raise LmlabError(f"{run} does not exist; give a run directory written by `lmlab train` "
+                         "or an n-gram model (.arpa / .npz).")
+    if is_ngram_file(run):
+        from .models.ngram import load_ngram
+
+        model = load_ngram(run)
+        return model, model
     if not is_run_dir(run):
         raise LmlabError(f"{run} is not a run directory (no {MODEL_CONFIG} and {WEIGHTS}); "
-                         "give a directory written by `lmlab train`.")
+                         "give a directory written by `lmlab train` or an n-gram model (.arpa / .npz).")
     model = build_model(load_model_config(run))
     weights = run / BEST if which == "best" and (run / BEST).is_file() else run / WEIGHTS
     load_weights(model, weights)

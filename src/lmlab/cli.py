@@ -19,8 +19,10 @@ def _add_prepare(sub) -> None:
                        description="Tokenize a text file or a directory of text files into train.bin / val.bin "
                                    "(numpy uint16/uint32), tokenizer.json and meta.json.")
     p.add_argument("source", help="text file or directory")
-    p.add_argument("--tokenizer", choices=["char", "byte", "bpe"], default="char")
-    p.add_argument("--vocab-size", type=int, default=None, help="BPE vocabulary size (e.g. 4096)")
+    p.add_argument("--tokenizer", choices=["char", "byte", "word", "bpe"], default="char",
+                   help="word: whitespace-separated words + newline, unseen words -> <unk>")
+    p.add_argument("--vocab-size", type=int, default=None,
+                   help="BPE vocabulary size (e.g. 4096); for word, an optional maximum (most frequent words)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="last fraction of the text kept for validation")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -73,7 +75,7 @@ def cmd_train(args) -> None:
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="perplexity and bits per token/char/byte of a model on a text",
                        description="Evaluate a run on a text file or a prepared .bin split.")
-    p.add_argument("run", help="run directory")
+    p.add_argument("run", help="run directory, or an n-gram model (.arpa / .npz)")
     p.add_argument("--data", required=True, help="a text file, or a val.bin/train.bin written by lmlab prepare")
     p.add_argument("--stride", type=int, default=None, help="sliding-window stride (default block_size/2)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -92,6 +94,10 @@ def cmd_eval(args) -> None:
     if path.suffix == ".bin":
         from .data import load_split
 
+        from .checkpoint import is_ngram_file
+
+        if is_ngram_file(args.run):
+            raise LmlabError(f"{args.run} is an n-gram model: evaluate it on a text file, not on a .bin split.")
         data_tokenizer = path.parent / "tokenizer.json"
         if data_tokenizer.is_file() and (json.loads(data_tokenizer.read_text(encoding="utf-8"))
                                          != json.loads((Path(args.run) / "tokenizer.json").read_text(encoding="utf-8"))):
@@ -157,6 +163,45 @@ def cmd_generate(args) -> None:
             sys.stdout.flush()
         sys.stdout.write("\n")
     sys.stdout.flush()
+
+
+# --------------------------------------------------------------------------- compare
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="several models (any family, any tokenizer) on one text, in bits per byte",
+                       description="Evaluate run directories and n-gram models (.arpa / .npz) on the same raw text: "
+                                   "a Markdown table, compare.csv and a bar chart compare.png.")
+    p.add_argument("models", nargs="+", metavar="RUN_OR_ARPA", help="run directories and/or n-gram model files")
+    p.add_argument("--data", required=True, help="the text file every model is scored on")
+    p.add_argument("--out", default=".", help="directory for compare.csv, compare.png (default: here)")
+    p.add_argument("--plot-curves", action="store_true",
+                   help="also overlay the runs' validation curves, in bits per byte, in curves.png")
+    p.add_argument("--interpolate", nargs=2, metavar=("A", "B"),
+                   help="mix two models with the same tokens: tune the weight on the first half of the text, "
+                        "report bits per byte on the second half")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.set_defaults(func=cmd_compare)
+
+
+def cmd_compare(args) -> None:
+    from .compare import compare
+    from .train import resolve_device
+
+    text = read_text(Path(args.data))
+    result = compare(args.models, text, args.out, plot_curves=args.plot_curves,
+                     interpolate_pair=tuple(args.interpolate) if args.interpolate else None,
+                     device=str(resolve_device(args.device)))
+    print(result["table"])
+    mix = result.get("interpolation")
+    if mix:
+        print(f"\ninterpolation on the second half of {args.data} ({mix['tokens']:,} tokens, {mix['bytes']:,} bytes), "
+              f"weight tuned on the first half: {mix['weight_a']:.3f} x {mix['a']} + {1 - mix['weight_a']:.3f} x "
+              f"{mix['b']}\n  {mix['a']} alone: {mix['bits_per_byte_a']:.4f} bits/byte\n  {mix['b']} alone: "
+              f"{mix['bits_per_byte_b']:.4f} bits/byte\n  mix: {mix['bits_per_byte_mix']:.4f} bits/byte")
+    for name in result.get("curves_skipped", []):
+        print(f"note: no validation curve for {name} (no metrics.csv, or its data dir's meta.json is gone).",
+              file=sys.stderr)
+    print("\nwrote " + ", ".join(str(f) for f in result["files"]))
 
 
 # --------------------------------------------------------------------------- ngram
@@ -236,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmlab", description="Build, train, evaluate and sample language models.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for add in (_add_prepare, _add_train, _add_eval, _add_generate, _add_ngram, _add_demo):
+    for add in (_add_prepare, _add_train, _add_eval, _add_generate, _add_compare, _add_ngram, _add_demo):
         add(sub)
     return parser
 

@@ -1,4 +1,4 @@
-"""Text -> token ids on disk (`prepare`), and random training windows from them (`TokenBlocks`).
+"""Text -> token ids on disk (`prepare`), and training batches from them (`TokenBlocks`, `TokenStreams`).
 
 `prepare(source, out_dir)` writes, nanoGPT style:
   train.bin, val.bin   raw NumPy arrays of token ids (uint16 when the vocabulary fits, else uint32)
@@ -137,9 +137,9 @@ def _build_tokenizer(tokenizer, vocab_size, files, chunk_chars, split_at, total,
         return tokenizer
     if isinstance(tokenizer, os.PathLike) or (isinstance(tokenizer, str) and tokenizer.endswith(".json")):
         return load_tokenizer(tokenizer)
-    if tokenizer not in ("char", "byte", "bpe"):
+    if tokenizer not in ("char", "byte", "word", "bpe"):
         raise LmlabError(
-            f"Unknown tokenizer {tokenizer!r}; use 'char', 'byte', 'bpe' or the path of a tokenizer.json."
+            f"Unknown tokenizer {tokenizer!r}; use 'char', 'byte', 'word', 'bpe' or the path of a tokenizer.json."
         )
     if tokenizer == "byte":
         return train_tokenizer("byte", [], vocab_size)  # nothing to learn: skip the first pass
@@ -188,7 +188,8 @@ def prepare(
 ) -> dict:
     """Tokenize a text file or a directory of them into out_dir (train.bin, val.bin, tokenizer.json, meta.json).
 
-    `tokenizer` is a kind ("char", "byte", "bpe": built from this text; bpe needs `vocab_size`), a
+    `tokenizer` is a kind ("char", "byte", "word", "bpe": built from this text; bpe needs `vocab_size`, for
+    word it is an optional maximum), a
     path to an existing tokenizer.json, or a Tokenizer. Each file of a directory is one document;
     documents are separated by the tokenizer's end-of-text id when it has one (bpe), else simply
     concatenated. Output appears all at once: files are written to a temporary directory and moved
@@ -321,3 +322,57 @@ class TokenBlocks:
         rows = data[starts[:, None] + np.arange(self.block_size + 1)]  # one gather from the memmap
         rows = torch.from_numpy(rows.astype(np.int64))
         return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+
+
+class TokenStreams:
+    """Contiguous chunks for truncated BPTT (PyTorch's word_language_model `batchify` + `get_batch`).
+
+    Each split is cut into batch_size parallel streams of equal length; batch `index` is the chunk of
+    block_size tokens at position index mod chunks-per-epoch in every stream, so row r of batch i + 1
+    continues row r of batch i and a recurrent model can carry its hidden state across them.
+    `batch(split, index)` returns (x, y, reset): reset is true on the first chunk of an epoch, where the
+    streams start over and the carried state must be zeroed. A pure function of the index (the seed is
+    unused: nothing is random), so training resumes exactly at any step.
+    """
+
+    def __init__(self, data_dir, block_size: int, batch_size: int, seed: int = 0):
+        if block_size < 1 or batch_size < 1:
+            raise LmlabError(f"block_size and batch_size must be >= 1, got {block_size} and {batch_size}.")
+        self.data_dir = Path(data_dir)
+        self.meta = read_meta(data_dir)
+        self.vocab_size = self.meta["vocab_size"]
+        self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
+        self._splits: dict[str, np.ndarray] = {}
+
+    def __getstate__(self):
+        return {**self.__dict__, "_splits": {}}
+
+    def split(self, split: str) -> np.ndarray:
+        """The ids of one split, opened once and checked to give every stream at least one chunk."""
+        if split not in self._splits:
+            data = load_split(self.data_dir, split)
+            need = self.batch_size * (self.block_size + 1)
+            if len(data) < need:
+                raise LmlabError(
+                    f"The {split} split of {self.data_dir} has {len(data)} tokens, fewer than batch_size x "
+                    f"(block_size + 1) = {need} needed for one chunk per stream; use a smaller batch_size or "
+                    "block_size, or more data"
+                    + (" (or a val_fraction > 0 in prepare)." if split == "val" and len(data) == 0 else ".")
+                )
+            self._splits[split] = data
+        return self._splits[split]
+
+    def stream_length(self, split: str) -> int:
+        return len(self.split(split)) // self.batch_size
+
+    def chunks_per_epoch(self, split: str) -> int:
+        """Whole chunks per stream (the last target of a chunk is the first input of the next)."""
+        return (self.stream_length(split) - 1) // self.block_size
+
+    def batch(self, split: str, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x, y: int64 [batch_size, block_size] (y is x shifted left by one); reset: bool scalar tensor."""
+        data = self.split(split)
+        position = int(index) % self.chunks_per_epoch(split)
+        starts = np.arange(self.batch_size) * self.stream_length(split) + position * self.block_size
+        rows = torch.from_numpy(data[starts[:, None] + np.arange(self.block_size + 1)].astype(np.int64))
+        return rows[:, :-1].contiguous(), rows[:, 1:].contiguous(), torch.tensor(position == 0)

@@ -60,6 +60,11 @@ def evaluate_ids(model, tokenizer, ids, text: str | None = None, **kwargs) -> Ev
     A model that cannot predict the first token (no beginning-of-text context: GPT, RNN) predicts
     ids[1:]; the characters of the unpredicted prefix are left out of the char/byte counts.
     """
+    return score_ids(model, tokenizer, ids, text, **kwargs)[1]
+
+
+def score_ids(model, tokenizer, ids, text: str | None = None, **kwargs) -> tuple[np.ndarray, EvalResult]:
+    """evaluate_ids, also returning the per-token natural-log probabilities (of the last `tokens` ids)."""
     ids = np.asarray(ids, dtype=np.int64)
     if ids.size < 2:
         raise LmlabError("the evaluation text is too short: it needs at least two tokens.")
@@ -79,8 +84,16 @@ def evaluate_ids(model, tokenizer, ids, text: str | None = None, **kwargs) -> Ev
     else:
         skipped = tokenizer.decode(ids[: ids.size - logprobs.size]) if logprobs.size < ids.size else ""
         predicted = text[len(skipped):] if text.startswith(skipped) else text
-    return EvalResult(tokens=int(logprobs.size), chars=len(predicted), bytes=len(predicted.encode("utf-8")),
-                      nll=float(-logprobs.sum()), seconds=seconds)
+    result = EvalResult(tokens=int(logprobs.size), chars=len(predicted), bytes=len(predicted.encode("utf-8")),
+                        nll=float(-logprobs.sum()), seconds=seconds)
+    return logprobs, result
+
+
+def score_text(model, tokenizer, text: str, **kwargs) -> tuple[np.ndarray, EvalResult]:
+    """evaluate_text, also returning the per-token natural-log probabilities."""
+    if not text:
+        raise LmlabError("the evaluation text is empty.")
+    return score_ids(model, tokenizer, tokenizer.encode(text), text=text, **kwargs)
 
 
 def evaluate_text(model, tokenizer, text: str, **kwargs) -> EvalResult:

@@ -1,4 +1,4 @@
-"""Tables and plots: loss curves (loss.png) and Markdown tables for the terminal."""
+"""Tables and plots: loss curves (loss.png), the compare chart and curves, Markdown tables for the terminal."""
 from __future__ import annotations
 
 import csv
@@ -65,3 +65,51 @@ def _fmt(value) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)
+
+
+def _save_png(fig, out_png) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    with atomic_open(out_png, "wb") as f:
+        f.write(buffer.getvalue())
+
+
+def plot_bars(labels: list[str], values: list[float], out_png: str | Path, ylabel: str, title: str) -> None:
+    """One bar per model, its value written on top (the `lmlab compare` chart)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(labels) + 2), 4), dpi=110)
+    bars = ax.bar(range(len(labels)), values, color=[f"C{i % 10}" for i in range(len(labels))])
+    ax.bar_label(bars, fmt="%.3f", fontsize=8)
+    ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    _save_png(fig, out_png)
+
+
+def plot_curves(series: dict[str, list[tuple[int, float]]], out_png: str | Path, ylabel: str, title: str) -> None:
+    """Several (step, value) curves on one axis, one per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    for name, points in series.items():
+        steps, values = zip(*points)
+        ax.plot(steps, values, "o-", markersize=3, label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend()
+    _save_png(fig, out_png)

@@ -1,8 +1,8 @@
-"""Tokenizers behind one interface: characters, UTF-8 bytes, and byte-level BPE (HF `tokenizers`).
+"""Tokenizers behind one interface: characters, UTF-8 bytes, words, and byte-level BPE (HF `tokenizers`).
 
 Every tokenizer has `kind`, `vocab_size`, `eot_id`, `encode(text) -> list[int]`, `decode(ids) -> str`
 and `save(path)`, and is stored as one `tokenizer.json`:
-- char and byte: our own small JSON, `{"lmlab_tokenizer": "char", "vocab": [...]}`;
+- char, byte and word: our own small JSON, `{"lmlab_tokenizer": "char", "vocab": [...]}`;
 - bpe: the Hugging Face `tokenizers` JSON itself, so HF tools read it and any HF tokenizer.json
   (GPT-2's, for instance) loads here as a `BPETokenizer`.
 
@@ -98,6 +98,59 @@ class ByteTokenizer(Tokenizer):
         atomic_write_json(_json_path(path), {"lmlab_tokenizer": "byte"})
 
 
+_WORD_DELIMITERS = str.maketrans({"\t": " ", "\r": " ", "\0": " "})
+
+
+def split_words(text: str) -> list[str]:
+    """Words of a text without newlines: split on space, tab, CR and NUL (lmplz's delimiters)."""
+    return [w for w in text.translate(_WORD_DELIMITERS).split(" ") if w]
+
+
+class WordTokenizer(Tokenizer):
+    """Whitespace-separated words plus a newline token (word-level LMs: Penn Treebank / WikiText style).
+
+    Words are split on space, tab, CR and NUL, as KenLM's lmplz (and lmlab's n-gram models) split them, so a
+    word-level neural LM and an n-gram model see the same tokens and can be interpolated.
+
+    The vocabulary is `<unk>`, the newline, then the words of the text it was built from, most frequent
+    first (ties alphabetical), optionally cut to a maximum size; any other word encodes as `<unk>`.
+    decode(encode(text)) normalises whitespace: words are joined by single spaces.
+    """
+
+    kind = "word"
+    UNK, NEWLINE = "<unk>", "\n"
+
+    def __init__(self, vocab: Iterable[str]):
+        self.vocab = list(vocab)
+        if self.vocab[:2] != [self.UNK, self.NEWLINE]:
+            raise LmlabError("a word tokenizer's vocabulary must start with '<unk>' and the newline; "
+                             "rebuild it with `lmlab prepare --tokenizer word`.")
+        self.stoi = {w: i for i, w in enumerate(self.vocab)}
+        self.vocab_size = len(self.vocab)
+
+    def encode(self, text: str) -> list[int]:
+        get, ids = self.stoi.get, []
+        for i, line in enumerate(text.split("\n")):
+            if i:
+                ids.append(1)
+            ids.extend(get(w, 0) for w in split_words(line))
+        return ids
+
+    def decode(self, ids) -> str:
+        lines, line = [], []
+        for i in _id_list(ids):
+            if i == 1:
+                lines.append(" ".join(line))
+                line = []
+            else:
+                line.append(self.vocab[i])
+        lines.append(" ".join(line))
+        return "\n".join(lines)
+
+    def save(self, path) -> None:
+        atomic_write_json(_json_path(path), {"lmlab_tokenizer": "word", "vocab": self.vocab})
+
+
 class BPETokenizer(Tokenizer):
     """A Hugging Face `tokenizers.Tokenizer`: ours is byte-level BPE, but any HF tokenizer.json loads here."""
 
@@ -135,6 +188,8 @@ def load_tokenizer(path) -> Tokenizer:
         return CharTokenizer(obj["vocab"])
     if kind == "byte":
         return ByteTokenizer()
+    if kind == "word" and isinstance(obj.get("vocab"), list):
+        return WordTokenizer(obj["vocab"])
     if kind is None and isinstance(obj, dict) and "model" in obj:
         from tokenizers import Tokenizer as HFTokenizer
 
@@ -148,7 +203,10 @@ def load_tokenizer(path) -> Tokenizer:
 
 
 def train_tokenizer(kind: str, chunks: Iterable[str], vocab_size: int | None = None) -> Tokenizer:
-    """Build a tokenizer of `kind` ("char", "byte" or "bpe") from an iterable of text chunks (streamed once)."""
+    """Build a tokenizer of `kind` ("char", "byte", "word" or "bpe") from an iterable of text chunks (streamed once).
+
+    For "word", vocab_size is an optional maximum (the most frequent words are kept, <unk> and newline included).
+    """
     check_tokenizer_args(kind, vocab_size)
     if kind == "char":
         seen: set[str] = set()
@@ -159,15 +217,34 @@ def train_tokenizer(kind: str, chunks: Iterable[str], vocab_size: int | None = N
         return CharTokenizer(sorted(seen))
     if kind == "byte":
         return ByteTokenizer()
+    if kind == "word":
+        return _train_words(chunks, vocab_size)
     return _train_bpe(chunks, vocab_size)
+
+
+def _train_words(chunks: Iterable[str], max_vocab: int | None) -> WordTokenizer:
+    from collections import Counter
+
+    counts: Counter = Counter()
+    for chunk in chunks:  # prepare cuts chunks between lines, so no word is split across two
+        counts.update(split_words(chunk.replace("\n", " ")))
+    counts.pop(WordTokenizer.UNK, None)
+    if not counts:
+        raise LmlabError("There is no word in the text to build the word tokenizer from; give it a non-empty text.")
+    words = sorted(counts, key=lambda w: (-counts[w], w))
+    if max_vocab is not None:
+        words = words[:int(max_vocab) - 2]
+    return WordTokenizer([WordTokenizer.UNK, WordTokenizer.NEWLINE, *words])
 
 
 def check_tokenizer_args(kind: str, vocab_size: int | None) -> None:
     """Raise LmlabError for an unknown kind or a vocab_size that does not fit it."""
-    if kind not in ("char", "byte", "bpe"):
-        raise LmlabError(f"Unknown tokenizer kind {kind!r}; use 'char', 'byte' or 'bpe'.")
-    if kind != "bpe" and vocab_size is not None:
-        raise LmlabError(f"vocab_size applies only to bpe tokenizers; leave it unset for a {kind} tokenizer.")
+    if kind not in ("char", "byte", "word", "bpe"):
+        raise LmlabError(f"Unknown tokenizer kind {kind!r}; use 'char', 'byte', 'word' or 'bpe'.")
+    if kind not in ("bpe", "word") and vocab_size is not None:
+        raise LmlabError(f"vocab_size applies only to bpe and word tokenizers; leave it unset for a {kind} tokenizer.")
+    if kind == "word" and vocab_size is not None and int(vocab_size) < 3:
+        raise LmlabError(f"a word tokenizer needs vocab_size >= 3 (<unk>, newline and a word), got {vocab_size}.")
     if kind == "bpe" and (vocab_size is None or int(vocab_size) < MIN_BPE_VOCAB):
         got = "no vocab_size" if vocab_size is None else f"vocab_size {vocab_size}"
         raise LmlabError(

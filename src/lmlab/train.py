@@ -113,6 +113,8 @@ class Trainer:
             state["rng_cuda"] = torch.cuda.get_rng_state_all()
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
+        if hasattr(self.model, "carried_state"):  # e.g. an RNN's hidden state carried into the next batch
+            state["carried"] = self.model.carried_state()
         save_trainer_state(state, self.run_dir / STATE)
         save_weights(self.model, self.run_dir / WEIGHTS, self.step)
 
@@ -126,6 +128,8 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
+        if hasattr(self.model, "load_carried_state"):
+            self.model.load_carried_state(state.get("carried", {}))
         self.step, self.elapsed, self.best_val = state["step"], state["elapsed"], state["best_val"]
         self._truncate_metrics(self.step)
 
@@ -280,8 +284,8 @@ class Trainer:
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
     """Build the model and data of `cfg` and train them into `run_dir` (or continue that run)."""
-    from .data import TokenBlocks, read_meta
-    from .models import build_model
+    from .data import read_meta
+    from .models import build_model, model_class
 
     run_dir = Path(run_dir)
     if not resume and (run_dir / STATE).exists():
@@ -295,7 +299,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
                          f"({meta['vocab_size']}); leave it at 0 to take it from the data.")
     if resume:
         check_resumable(run_dir)
-    data = TokenBlocks(cfg.data.dir, cfg.model.block_size, cfg.train.batch_size, cfg.train.seed)
+    data = model_class(cfg.model.family).training_data(cfg)  # each family says what it trains on
     data.split("train"), data.split("val")  # fail on too-short splits before anything is written
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)

@@ -80,6 +80,13 @@ class GPT(nn.Module):
             for proj in (block.attn.proj, block.mlp.proj):
                 nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
+    @classmethod
+    def training_data(cls, cfg):
+        """Random windows of block_size tokens (nanoGPT)."""
+        from ..data import TokenBlocks
+
+        return TokenBlocks(cfg.data.dir, cfg.model.block_size, cfg.train.batch_size, cfg.train.seed)
+
     @property
     def block_size(self) -> int:
         return self.cfg.block_size

@@ -1,0 +1,186 @@
+"""Recurrent language models: Elman RNN (tanh), LSTM and GRU, on PyTorch's fused nn.RNN / nn.LSTM / nn.GRU.
+
+Embedding -> dropout -> n_layer stacked recurrent layers (dropout between them) -> dropout -> linear
+decoder, optionally tied to the embedding (Press & Wolf 2017; Inan et al. 2017). Dropout is applied to
+the non-recurrent connections only, as in Zaremba et al. 2014, "Recurrent neural network regularization".
+
+Training is truncated BPTT over contiguous streams (data.TokenStreams, PyTorch's word_language_model):
+the model carries its hidden state from one batch to the next, detached so gradients stop at the chunk
+boundary, and zeroes it when a batch says `reset` (the first chunk of an epoch). Training and evaluation
+carry separate states, so the Trainer's periodic evaluation does not disturb the training streams.
+
+Answers the causal-LM interface shared by every family: `loss(batch)`, `logprobs_next(ids, state)` (state =
+hidden state + tokens consumed) and `token_logprobs(ids)` (the whole history, carried through the text).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import LmlabError
+
+CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+
+
+@dataclass
+class RNNConfig:
+    family: str = "rnn"
+    cell: str = "lstm"  # rnn (Elman, tanh) | lstm | gru
+    vocab_size: int = 0  # 0 = take it from the prepared data
+    block_size: int = 35  # truncated-BPTT length: tokens per training chunk (not a limit on the context)
+    n_embd: int = 200  # embedding size
+    n_hidden: int = 200  # hidden units per layer
+    n_layer: int = 2
+    dropout: float = 0.0  # on embeddings, between layers and before the decoder (Zaremba et al. 2014)
+    tie_weights: bool = False  # decoder shares the embedding matrix; needs n_embd == n_hidden
+
+    def validate(self) -> None:
+        for name in ("block_size", "n_layer", "n_embd", "n_hidden"):
+            if getattr(self, name) < 1:
+                raise LmlabError(f"model.{name} must be a positive integer, got {getattr(self, name)}.")
+        if self.vocab_size < 0:
+            raise LmlabError(f"model.vocab_size must be >= 0 (0 = from the data), got {self.vocab_size}.")
+        if self.cell not in CELLS:
+            raise LmlabError(f"model.cell must be one of {', '.join(CELLS)}, got {self.cell!r}.")
+        if not 0 <= self.dropout < 1:
+            raise LmlabError(f"model.dropout must be in [0, 1), got {self.dropout}.")
+        if self.tie_weights and self.n_embd != self.n_hidden:
+            raise LmlabError(f"model.tie_weights needs model.n_embd == model.n_hidden (got {self.n_embd} and "
+                             f"{self.n_hidden}); make them equal or set model.tie_weights false.")
+
+
+def detach(hidden):
+    """Cut the graph behind a hidden state (a tensor, or LSTM's (h, c) pair): truncated BPTT."""
+    if hidden is None:
+        return None
+    return tuple(h.detach() for h in hidden) if isinstance(hidden, tuple) else hidden.detach()
+
+
+def _rows(hidden) -> int:
+    return (hidden[0] if isinstance(hidden, tuple) else hidden).shape[1]
+
+
+class RNNState:
+    """The generation "cache" of a recurrent model: the hidden state after `length` tokens, and the last output."""
+
+    def __init__(self, hidden, length: int, last: torch.Tensor):
+        self.hidden, self.length, self.last = hidden, length, last
+
+
+class RNNLM(nn.Module):
+    family = "rnn"
+
+    def __init__(self, cfg: RNNConfig):
+        super().__init__()
+        cfg.validate()
+        if cfg.vocab_size < 1:
+            raise LmlabError("model.vocab_size is not set; prepare data first or set --model.vocab_size.")
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        # nn.RNN/LSTM/GRU apply their `dropout` between stacked layers only (not after the last one).
+        self.rnn = CELLS[cfg.cell](cfg.n_embd, cfg.n_hidden, cfg.n_layer, batch_first=True,
+                                   dropout=cfg.dropout if cfg.n_layer > 1 else 0.0)
+        self.lm_head = nn.Linear(cfg.n_hidden, cfg.vocab_size)
+        if cfg.tie_weights:
+            self.lm_head.weight = self.wte.weight
+        # word_language_model's initialisation: U(-0.1, 0.1) embedding and decoder, zero decoder bias.
+        nn.init.uniform_(self.wte.weight, -0.1, 0.1)
+        if not cfg.tie_weights:
+            nn.init.uniform_(self.lm_head.weight, -0.1, 0.1)
+        nn.init.zeros_(self.lm_head.bias)
+        self._carried = {True: None, False: None}  # hidden state carried across batches, per train/eval mode
+
+    @classmethod
+    def training_data(cls, cfg):
+        """Contiguous streams for truncated BPTT (the hidden state flows from one batch to the next)."""
+        from ..data import TokenStreams
+
+        return TokenStreams(cfg.data.dir, cfg.model.block_size, cfg.train.batch_size, cfg.train.seed)
+
+    @property
+    def block_size(self) -> None:
+        """No context limit: the hidden state summarises the whole history (block_size is the BPTT length)."""
+        return None
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, idx: torch.Tensor, hidden=None):
+        """Logits [B, T, V] for token ids idx [B, T] after `hidden` (None = zeros), and the new hidden state."""
+        out, hidden = self.rnn(self.drop(self.wte(idx)), hidden)
+        return self.lm_head(self.drop(out)), hidden
+
+    def loss(self, batch) -> torch.Tensor:
+        """Mean next-token cross-entropy (nats) of a batch (x, y[, reset]), carrying the hidden state.
+
+        With a reset flag (TokenStreams) the state of the previous batch of the same mode is continued
+        unless reset is true; a plain (x, y) batch (random windows) starts from zeros.
+        """
+        x, y = batch[0], batch[1]
+        carry = len(batch) > 2
+        hidden = self._carried[self.training] if carry and not bool(batch[2]) else None
+        if hidden is not None and _rows(hidden) != x.shape[0]:
+            hidden = None
+        logits, hidden = self(x, hidden)
+        if carry:
+            self._carried[self.training] = detach(hidden)
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
+
+    def carried_state(self) -> dict:
+        """The training hidden state carried into the next batch (saved in trainer_state.pt for exact resume)."""
+        hidden = self._carried[True]
+        if hidden is None:
+            return {}
+        return {f"h{i}": h.cpu() for i, h in enumerate(hidden if isinstance(hidden, tuple) else (hidden,))}
+
+    def load_carried_state(self, state: dict) -> None:
+        if not state:
+            self._carried[True] = None
+            return
+        device = self.wte.weight.device
+        parts = tuple(state[f"h{i}"].to(device) for i in range(len(state)))
+        self._carried[True] = parts if self.cfg.cell == "lstm" else parts[0]
+
+    # ------------------------------------------------------------------ causal-LM interface
+
+    @torch.inference_mode()
+    def logprobs_next(self, ids: torch.Tensor, state: RNNState | None = None):
+        """Log-probabilities [B, V] of the next token after each row of ids [B, T] (the whole history).
+
+        `state` is the RNNState of the previous call: only the tokens after state.length are run.
+        """
+        B, T = ids.shape
+        if state is None or state.length > T or _rows(state.hidden) != B:
+            state = RNNState(None, 0, None)
+        if state.length < T:
+            logits, hidden = self(ids[:, state.length:], state.hidden)
+            state = RNNState(hidden, T, logits[:, -1])
+        return F.log_softmax(state.last.float(), dim=-1), state
+
+    @torch.inference_mode()
+    def token_logprobs(self, ids, stride: int | None = None, chunk: int = 1024) -> np.ndarray:
+        """Natural-log probability of ids[1:], each given every previous token (hidden state carried in chunks).
+
+        `stride` is accepted for interface parity with windowed models and ignored: nothing is cropped.
+        """
+        ids = torch.as_tensor(np.asarray(ids, dtype=np.int64)).to(self.wte.weight.device)
+        n = ids.numel()
+        out = np.empty(max(n - 1, 0), dtype=np.float64)
+        hidden = None
+        for start in range(0, n - 1, chunk):
+            end = min(start + chunk, n - 1)
+            logits, hidden = self(ids[None, start:end], hidden)
+            lp = torch.log_softmax(logits[0].float(), dim=-1).gather(-1, ids[start + 1:end + 1, None])[:, 0]
+            out[start:end] = lp.double().cpu().numpy()
+        return out
+
+    def score(self, ids) -> float:
+        """Total natural-log probability of ids[1:] given the preceding tokens."""
+        return float(self.token_logprobs(ids).sum())
