@@ -275,6 +275,8 @@ ngram 2=2
     (GOOD_ARPA.replace("a\t-0.2", "a\tx0.2"), r":8: the backoff 'x0.2' is not a number"),
     (GOOD_ARPA[: GOOD_ARPA.index("-0.1\ta </s>")], r":\d+: the file ends after 1 of the 2 2-grams"),
     (GOOD_ARPA.replace("\\end\\\n", ""), r":15: the file ends early \(truncated\?\)"),
+    (GOOD_ARPA.replace("ngram 2=2", "ngram 2=3").replace("-0.1\ta </s>", "-0.1\ta </s>\n-0.3\t<s> a"),
+     r":14: this 2-gram appears twice"),
     (GOOD_ARPA.replace("<s> a", "<s> b"), r":12: the 2-gram '<s> b' uses a word missing from the \\1-grams"),
 ])
 def test_malformed_arpa_names_file_and_line(tmp_path, text, message):
@@ -290,6 +292,20 @@ def test_good_arpa_reads(tmp_path):
     m = NGramLM.from_arpa(path)
     assert m.score("a") == pytest.approx(-0.2 + -0.1)
     assert m.score("a a") == pytest.approx(-0.2 + (-0.2 + -0.5) + -0.1)
+
+
+def test_srilm_style_arpa_with_missing_context(tmp_path):
+    """Text before \\data\\, -99 for <s>, omitted backoffs, and a 3-gram whose context "b a" is absent."""
+    text = ("written by another tool\n\n\\data\\\nngram 1=5\nngram 2=2\nngram 3=2\n\n\\1-grams:\n-1.0\t<unk>\n"
+            "-99\t<s>\t-0.3\n-0.5\ta\t-0.2\n-0.6\tb\t-0.1\n-0.6\t</s>\n\n\\2-grams:\n-0.2\t<s> a\t-0.05\n"
+            "-0.4\ta b\n\n\\3-grams:\n-0.1\t<s> a b\n-0.05\tb a b\n\n\\end\\\n")
+    path = tmp_path / "srilm.arpa"
+    path.write_text(text, encoding="utf-8")
+    m = NGramLM.from_arpa(path)
+    assert [len(t.keys) for t in m.tables] == [5, 3, 2]  # "b a" added as a blank, like KenLM's trie does
+    # p(b|<s>) = bo(<s>) + p(b); p(a|<s> b) = blank "b a" = bo(b) + p(a); p(b|b a) = 3-gram; p(</s>|a b) = bo(b) + p(</s>)
+    assert m.score("b a b") == pytest.approx((-0.3 - 0.6) + (-0.1 - 0.5) + -0.05 + (-0.1 - 0.6))
+    assert m.score("a b") == pytest.approx(-0.2 + -0.1 + (-0.1 - 0.6))
 
 
 def test_training_errors(tmp_path, shakespeare_lines):

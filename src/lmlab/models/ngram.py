@@ -1056,20 +1056,61 @@ def read_arpa(path, tokenizer: str = "word") -> NGramLM:
     if not declared:
         raise r.error("the \\data\\ header lists no 'ngram N=COUNT' lines.")
     order = len(declared)
-    sections = []
+    sections, index = [], None
     for n in range(1, order + 1):
         header = r.next_nonblank(f"the \\{n}-grams: section")
         if header != f"\\{n}-grams:":
             raise r.error(f"expected \\{n}-grams: but found {header[:60]!r}.")
-        sections.append(_read_section(r, n, declared[n - 1], n == order))
+        sections.append(_read_section(r, n, declared[n - 1], n == order, index))
+        if n == 1:  # the vocabulary, numbered as _build_from_sections numbers it
+            words = list(SPECIALS) + [w[0] for w in sections[0][0] if w[0] not in SPECIALS]
+            index = _MissingMinusOne((w, i) for i, w in enumerate(words))
     end = r.next_nonblank("\\end\\")
     if end != "\\end\\":
         raise r.error(f"expected \\end\\ after the {order}-grams, found {end[:60]!r}.")
     return _build_from_sections(sections, tokenizer, r)
 
 
-def _read_section(r: _ArpaReader, n: int, count: int, last: bool):
+def _read_section_fast(r: _ArpaReader, n: int, count: int, last: bool, index: dict | None):
+    """A well-formed section parsed in bulk (one split, NumPy number parsing); None if anything looks off,
+    and then the line-by-line reader below finds and names the problem."""
+    start = r.i
+    if index is None or n < 2 or start + count > len(r.lines):
+        return None
+    following = r.lines[start + count].strip() if start + count < len(r.lines) else ""
+    if following and not following.startswith("\\"):
+        return None
+    flat = "\n".join(r.lines[start:start + count]).split()
+    widths = (n + 1,) if last else (n + 2, n + 1)
+    k = next((w for w in widths if len(flat) == count * w), None)
+    if k is None:
+        return None
+    try:
+        probs = np.array(flat[0::k], dtype=np.float64)
+        backoffs = np.array(flat[k - 1::k], dtype=np.float64) if k == n + 2 else np.zeros(count)
+    except ValueError:
+        return None
+    if np.isnan(probs).any() or np.isnan(backoffs).any():
+        return None
+    ids = np.empty((count, n), dtype=np.int64)
+    for c in range(n):
+        ids[:, c] = np.fromiter(map(index.__getitem__, flat[1 + c::k]), dtype=np.int64, count=count)
+    if (ids < 0).any():
+        return None
+    r.i = start + count
+    return ids, probs, backoffs, np.arange(start + 1, start + count + 1)
+
+
+class _MissingMinusOne(dict):
+    def __missing__(self, key):
+        return -1
+
+
+def _read_section(r: _ArpaReader, n: int, count: int, last: bool, index: dict | None = None):
     """(words, prob, backoff, line numbers) of one section, checking fields and the declared count."""
+    fast = _read_section_fast(r, n, count, last, index)
+    if fast is not None:
+        return fast
     words, probs, backoffs, line_nos = [], [], [], []
     section_line = r.i
     while r.i < len(r.lines):
@@ -1129,35 +1170,50 @@ def _build_from_sections(sections, tokenizer: str, r: _ArpaReader) -> NGramLM:
     if BOS in vocab.index and BOS not in uni_words:
         prob1[BOS_ID] = 0.0
     tables = [NGramTables(np.arange(V, dtype=np.int64), prob1, bo1)]
-    word_ids = [None] + [_words_to_ids(vocab, s[0], n + 1, r, s[3]) for n, s in enumerate(sections[1:], start=1)]
-    # every prefix of an n-gram must be an (n-1)-gram; add blanks where a pruned file lacks one
-    extra = [None] * len(sections)
-    for n in range(len(sections) - 1, 1, -1):
+    word_ids = [None] + [s[0] if isinstance(s[0], np.ndarray) else _words_to_ids(vocab, s[0], n + 1, r, s[3])
+                         for n, s in enumerate(sections[1:], start=1)]
+    # every prefix of an n-gram must be an (n-1)-gram; when a (pruned SRILM) file lacks some, add blanks
+    return (_assemble_tables(vocab, tables, word_ids, sections, tokenizer, r, None)
+            or _assemble_tables(vocab, tables, word_ids, sections, tokenizer, r, _missing_prefixes(word_ids)))
+
+
+def _missing_prefixes(word_ids: list) -> list:
+    """Per order, the word-id rows that are a prefix of a longer n-gram but absent from the file."""
+    extra = [None] * len(word_ids)
+    for n in range(len(word_ids) - 1, 1, -1):
         prefixes = word_ids[n][:, :-1]
         have = word_ids[n - 1] if extra[n - 1] is None else np.vstack([word_ids[n - 1], extra[n - 1]])
         missing = _rows_not_in(prefixes, have)
         if len(missing):
             extra[n - 1] = np.unique(missing, axis=0) if extra[n - 1] is None else \
                 np.unique(np.vstack([extra[n - 1], missing]), axis=0)
+    return extra
+
+
+def _assemble_tables(vocab, unigram_tables, word_ids, sections, tokenizer, r, extra) -> NGramLM | None:
+    """Sorted tables order by order; None when a context is missing and no blanks (`extra`) were given."""
+    V = len(vocab)
+    tables = list(unigram_tables)
     model = NGramLM(vocab, tables, tokenizer)
     for n in range(1, len(sections)):
         wids, probs, bos = word_ids[n], sections[n][1], sections[n][2]
-        if extra[n] is not None:  # blanks: prob = what backing off gives, backoff 0 (KenLM does the same)
+        if extra is not None and extra[n] is not None:  # blanks: backed-off prob, backoff 0 (as KenLM does)
             blank_probs = np.array([_backoff_prob(model, tuple(row)) for row in extra[n].tolist()])
             wids = np.vstack([wids, extra[n]])
             probs = np.concatenate([probs, blank_probs])
             bos = np.concatenate([bos, np.zeros(len(extra[n]))])
         prefix_rows = _rows_of(model, wids[:, :-1])
         if (prefix_rows < 0).any():
+            if extra is None:
+                return None
             bad = int(np.flatnonzero(prefix_rows < 0)[0])
             raise r.error(f"the {n + 1}-gram's context is not in the model.", sections[n][3][min(bad, len(sections[n][3]) - 1)])
-        keys = prefix_rows * V + wids[:, -1]
-        order_idx = np.argsort(keys, kind="stable")
-        keys = keys[order_idx]
-        if len(keys) > 1 and (np.diff(keys) == 0).any():
-            dup = int(order_idx[np.flatnonzero(np.diff(keys) == 0)[0]])
-            raise r.error(f"an {n + 1}-gram appears twice.", sections[n][3][min(dup, len(sections[n][3]) - 1)])
-        tables.append(NGramTables(keys, probs[order_idx], bos[order_idx]))
+        all_keys = prefix_rows * V + wids[:, -1]
+        keys, _, copies, first = unique_groups(all_keys, len(tables[-1].keys) * V)
+        if (copies > 1).any():  # name the line of the second occurrence
+            dup = int(np.flatnonzero(all_keys == keys[np.flatnonzero(copies > 1)[0]])[1])
+            raise r.error(f"this {n + 1}-gram appears twice in its section.", sections[n][3][min(dup, len(sections[n][3]) - 1)])
+        tables.append(NGramTables(keys, probs[first], bos[first]))
         model = NGramLM(vocab, tables, tokenizer)
     return model
 
@@ -1190,8 +1246,11 @@ def _rows_of(model: NGramLM, rows: np.ndarray) -> np.ndarray:
 
 
 def _backoff_prob(model: NGramLM, words: tuple) -> float:
-    ctx, w = list(words[:-1]), words[-1]
-    return float(model.next_log10(ctx[-(model.order):])[w]) if model.order >= 1 else 0.0
+    """log10 p(w_n | w_1..w_{n-1}) by backing off, for a blank n-gram (model holds orders 1..n-1 so far)."""
+    tokens = np.array(words, dtype=np.int64)
+    logp, _ = model._log10_stream(tokens, np.arange(len(tokens)))  # contexts up to n-2 words
+    context_row = _rows_of(model, tokens[None, :-1])[0]  # plus the backoff of the whole (n-1)-word context
+    return float(logp[-1] + (model.tables[len(words) - 2].backoff[context_row] if context_row >= 0 else 0.0))
 
 
 # =========================================================================== CLI helpers
