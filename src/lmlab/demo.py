@@ -41,7 +41,7 @@ def run_demo(out: Path, max_iters: int = 2000) -> dict:
                                                                    top_k=50, seed=1))[0]
     print("ROMEO:" + sample + "\n")
     rows = [["parameters", summary["parameters"]], ["vocabulary", meta["vocab_size"]],
-            ["training steps", summary["step"]], ["training time (s)", round(wall, 1)],
+            ["training steps", summary["step"]], ["training time (s)", f"{wall:.1f}"],
             ["training tokens/s", round(summary["tokens_per_sec"])],
             ["best val loss (nats/char)", summary["best_val_loss"]],
             ["val cross-entropy, full split", result.cross_entropy], ["val perplexity", result.perplexity],
