@@ -282,14 +282,10 @@ def _seed_for(seed: int, split: str, index: int) -> int:
     return int(np.random.SeedSequence(words).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-class TokenBlocks:
-    """Random windows of block_size + 1 tokens, nanoGPT style: x = window[:-1], y = window[1:].
+class _SplitBatches:
+    """What TokenBlocks and TokenStreams share: the prepared splits of data_dir, opened once as memmaps."""
 
-    `batch(split, index)` depends only on (seed, split, index): training resumes exactly at any step,
-    and val batch `index` is the same fixed eval batch on every call.
-    """
-
-    def __init__(self, data_dir, block_size: int, batch_size: int, seed: int):
+    def __init__(self, data_dir, block_size: int, batch_size: int, seed: int = 0):
         if block_size < 1 or batch_size < 1:
             raise LmlabError(f"block_size and batch_size must be >= 1, got {block_size} and {batch_size}.")
         self.data_dir = Path(data_dir)
@@ -301,18 +297,34 @@ class TokenBlocks:
     def __getstate__(self):  # a memmap would pickle as its whole content: reopen it in the new process
         return {**self.__dict__, "_splits": {}}
 
+    def _needed(self) -> tuple[int, str]:
+        """The fewest tokens a split must hold, and the end of the error sentence when it holds fewer."""
+        raise NotImplementedError
+
     def split(self, split: str) -> np.ndarray:
-        """The ids of one split, opened once and checked to hold at least one window."""
+        """The ids of one split, opened once and checked to hold at least one batch."""
         if split not in self._splits:
             data = load_split(self.data_dir, split)
-            if len(data) < self.block_size + 1:
+            need, what = self._needed()
+            if len(data) < need:
                 raise LmlabError(
-                    f"The {split} split of {self.data_dir} has {len(data)} tokens, fewer than block_size + 1 = "
-                    f"{self.block_size + 1}; use a smaller block_size or more data"
+                    f"The {split} split of {self.data_dir} has {len(data)} tokens, fewer than {what}"
                     + (" (or a val_fraction > 0 in prepare)." if split == "val" and len(data) == 0 else ".")
                 )
             self._splits[split] = data
         return self._splits[split]
+
+
+class TokenBlocks(_SplitBatches):
+    """Random windows of block_size + 1 tokens, nanoGPT style: x = window[:-1], y = window[1:].
+
+    `batch(split, index)` depends only on (seed, split, index): training resumes exactly at any step,
+    and val batch `index` is the same fixed eval batch on every call.
+    """
+
+    def _needed(self) -> tuple[int, str]:
+        need = self.block_size + 1
+        return need, f"block_size + 1 = {need}; use a smaller block_size or more data"
 
     def batch(self, split: str, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """x, y: int64 [batch_size, block_size], y is x shifted left by one token."""
@@ -324,7 +336,7 @@ class TokenBlocks:
         return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
 
 
-class TokenStreams:
+class TokenStreams(_SplitBatches):
     """Contiguous chunks for truncated BPTT (PyTorch's word_language_model `batchify` + `get_batch`).
 
     Each split is cut into batch_size parallel streams of equal length; batch `index` is the chunk of
@@ -335,32 +347,10 @@ class TokenStreams:
     unused: nothing is random), so training resumes exactly at any step.
     """
 
-    def __init__(self, data_dir, block_size: int, batch_size: int, seed: int = 0):
-        if block_size < 1 or batch_size < 1:
-            raise LmlabError(f"block_size and batch_size must be >= 1, got {block_size} and {batch_size}.")
-        self.data_dir = Path(data_dir)
-        self.meta = read_meta(data_dir)
-        self.vocab_size = self.meta["vocab_size"]
-        self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
-        self._splits: dict[str, np.ndarray] = {}
-
-    def __getstate__(self):
-        return {**self.__dict__, "_splits": {}}
-
-    def split(self, split: str) -> np.ndarray:
-        """The ids of one split, opened once and checked to give every stream at least one chunk."""
-        if split not in self._splits:
-            data = load_split(self.data_dir, split)
-            need = self.batch_size * (self.block_size + 1)
-            if len(data) < need:
-                raise LmlabError(
-                    f"The {split} split of {self.data_dir} has {len(data)} tokens, fewer than batch_size x "
-                    f"(block_size + 1) = {need} needed for one chunk per stream; use a smaller batch_size or "
-                    "block_size, or more data"
-                    + (" (or a val_fraction > 0 in prepare)." if split == "val" and len(data) == 0 else ".")
-                )
-            self._splits[split] = data
-        return self._splits[split]
+    def _needed(self) -> tuple[int, str]:
+        need = self.batch_size * (self.block_size + 1)
+        return need, (f"batch_size x (block_size + 1) = {need} needed for one chunk per stream; "
+                      "use a smaller batch_size or block_size, or more data")
 
     def stream_length(self, split: str) -> int:
         return len(self.split(split)) // self.batch_size

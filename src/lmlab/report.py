@@ -43,12 +43,7 @@ def plot_loss(metrics_csv: str | Path, out_png: str | Path, title: str | None = 
     ax.set_title(title or Path(metrics_csv).parent.name)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    with atomic_open(out_png, "wb") as f:
-        f.write(buffer.getvalue())
+    _save_png(fig, out_png)
 
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:

@@ -258,8 +258,6 @@ class Trainer:
             metrics_file.close()
             if self.tb:
                 self.tb.close()
-        if self.step > 0 and not (self.run_dir / WEIGHTS).exists():
-            self.save_checkpoint()
         from .report import plot_loss
 
         plot_loss(self.run_dir / "metrics.csv", self.run_dir / "loss.png")
