@@ -326,10 +326,22 @@ def test_allocator_tuning_stops_page_faults_in_training_steps():
         model.loss((x, x)).backward()
         model.zero_grad(set_to_none=True)
 
-    for _ in range(3):  # warm-up: the heap grows to its working size
+    for _ in range(5):  # warm-up: the heap grows to its working size
         step()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(5):
         step()
     faults_per_step = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5
-    assert faults_per_step < 50, faults_per_step  # untuned glibc: several hundred per step at this size
+    # Untuned glibc: ~600 per step at this size; tuned: ~10 alone, up to ~60 after the rest of the suite.
+    assert faults_per_step < 150, faults_per_step
+
+
+def test_resume_removes_temp_files_left_by_a_kill_during_a_save(char_data, tmp_path):
+    run = tmp_path / "run"
+    lmlab.train(small_cfg(char_data, max_iters=4, save_interval=2, eval_interval=2), run, progress=False)
+    orphan = run / ".model.safetensors.k1ll3d.tmp"  # what atomic_open leaves when SIGKILL lands mid-write
+    orphan.write_bytes(b"half a file")
+    from lmlab.train import resume_config
+
+    lmlab.train(resume_config(run, {"train.max_iters": "6"}), run, resume=True, progress=False)
+    assert not orphan.exists() and no_temp_files(run)

@@ -34,6 +34,13 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         raise
 
 
+def remove_stale_temp_files(directory: str | os.PathLike) -> None:
+    """Delete temporary files that a killed atomic_open left behind in `directory` (the targets are intact)."""
+    for tmp in Path(directory).glob(".*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

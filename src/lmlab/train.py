@@ -23,7 +23,7 @@ from .checkpoint import (BEST, STATE, WEIGHTS, check_resumable, load_state_into,
                          save_model_config, save_trainer_state, save_weights, unique_state_dict)
 from .config import Config, TrainConfig, save_config
 from .errors import LmlabError
-from .files import atomic_open
+from .files import atomic_open, remove_stale_temp_files
 from .runtime import tune_allocator
 
 METRIC_FIELDS = ["step", "train_loss", "val_loss", "lr", "tokens_per_sec", "elapsed_s"]
@@ -120,6 +120,7 @@ class Trainer:
 
     def resume(self) -> None:
         """Restore model, optimizer, step and RNG from the run directory's last checkpoint."""
+        remove_stale_temp_files(self.run_dir)  # a kill -9 during a save leaves its temp file behind
         state = load_trainer_state(self.run_dir / STATE)
         load_state_into(self.model, state["model"], self.run_dir / STATE)
         self.optimizer.load_state_dict(state["optimizer"])
