@@ -64,19 +64,8 @@ def nanogpt_stepper(shape, batches, path):
     model = module.GPT(module.GPTConfig(vocab_size=VOCAB, block_size=shape["block_size"], n_layer=shape["n_layer"],
                                         n_head=shape["n_head"], n_embd=shape["n_embd"], dropout=0.0, bias=False))
     optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
-    state = {"i": 0}
-
-    def step():  # nanoGPT train.py's inner loop, gradient_accumulation_steps = 1
-        x, y = batches[state["i"] % len(batches)]
-        state["i"] += 1
-        _, loss = model(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.item()
-
-    return step
+    # nanoGPT train.py's inner loop, gradient_accumulation_steps = 1
+    return peer_stepper(model, optimizer, batches, lambda x, y: model(x, y)[1])
 
 
 def hf_stepper(shape, batches):
@@ -90,12 +79,17 @@ def hf_stepper(shape, batches):
     model.config._attn_implementation = "sdpa"
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
+    return peer_stepper(model, optimizer, batches, lambda x, y: model(input_ids=x, labels=x).loss)  # HF shifts labels
+
+
+def peer_stepper(model, optimizer, batches, compute_loss):
+    """A peer's optimizer step on the next batch: loss, backward, clip 1.0, AdamW, zero_grad."""
     state = {"i": 0}
 
     def step():
-        x, _ = batches[state["i"] % len(batches)]
+        x, y = batches[state["i"] % len(batches)]
         state["i"] += 1
-        loss = model(input_ids=x, labels=x).loss  # HF shifts the labels inside
+        loss = compute_loss(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

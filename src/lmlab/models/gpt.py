@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import LmlabError
+from .base import NeuralLM
 from .layers import Block, KVCache, init_weights, sinusoidal_positions
 
 
@@ -51,15 +52,11 @@ class GPTConfig:
             raise LmlabError("model.n_embd must be even for sinusoidal positions.")
 
 
-class GPT(nn.Module):
+class GPT(NeuralLM):
     family = "gpt"
 
     def __init__(self, cfg: GPTConfig):
-        super().__init__()
-        cfg.validate()
-        if cfg.vocab_size < 1:
-            raise LmlabError("model.vocab_size is not set; prepare data first or set --model.vocab_size.")
-        self.cfg = cfg
+        super().__init__(cfg)
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         if cfg.pos_encoding == "learned":
             self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
@@ -90,9 +87,6 @@ class GPT(nn.Module):
     @property
     def block_size(self) -> int:
         return self.cfg.block_size
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
     # ------------------------------------------------------------------ forward
 
@@ -171,7 +165,3 @@ class GPT(nn.Module):
             for row, (s, first, e) in enumerate(group):
                 out[first - 1:e - 1] = lp[row, first - s - 1:].double().cpu().numpy()
         return out
-
-    def score(self, ids) -> float:
-        """Total natural-log probability of ids[1:] given the preceding tokens."""
-        return float(self.token_logprobs(ids).sum())

@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import LmlabError
+from .base import NeuralLM
 
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -71,15 +72,11 @@ class RNNState:
         self.hidden, self.length, self.last = hidden, length, last
 
 
-class RNNLM(nn.Module):
+class RNNLM(NeuralLM):
     family = "rnn"
 
     def __init__(self, cfg: RNNConfig):
-        super().__init__()
-        cfg.validate()
-        if cfg.vocab_size < 1:
-            raise LmlabError("model.vocab_size is not set; prepare data first or set --model.vocab_size.")
-        self.cfg = cfg
+        super().__init__(cfg)
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
         # nn.RNN/LSTM/GRU apply their `dropout` between stacked layers only (not after the last one).
@@ -106,9 +103,6 @@ class RNNLM(nn.Module):
     def block_size(self) -> None:
         """No context limit: the hidden state summarises the whole history (block_size is the BPTT length)."""
         return None
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
     # ------------------------------------------------------------------ forward
 
@@ -180,7 +174,3 @@ class RNNLM(nn.Module):
             lp = torch.log_softmax(logits[0].float(), dim=-1).gather(-1, ids[start + 1:end + 1, None])[:, 0]
             out[start:end] = lp.double().cpu().numpy()
         return out
-
-    def score(self, ids) -> float:
-        """Total natural-log probability of ids[1:] given the preceding tokens."""
-        return float(self.token_logprobs(ids).sum())
