@@ -126,3 +126,32 @@ def test_interpolating_models_with_different_tokens(tiny_run, texts, tmp_path, c
 def test_eval_of_an_ngram_on_a_bin_split_says_use_text(texts, char_data, capsys):
     assert_user_error(*run_main(["eval", texts["arpa"], "--data", char_data / "val.bin"], capsys),
                       "n-gram model", "text file")
+
+
+def test_ngram_over_a_runs_tokenizer_mixes_with_that_run(tiny_run, corpus, texts, tmp_path, capsys):
+    """`ngram train --tokenizer RUN`: n-grams of the run's token ids, the tokenizer saved beside the ARPA, so
+    eval/compare tokenize like the run and --interpolate accepts the pair."""
+    run, arpa = tiny_run["run"], tmp_path / "run3.arpa"
+    code, _, err = run_main(["ngram", "train", "-o", "3", "--data", corpus, "--out", arpa, "--tokenizer", run,
+                             "--quiet"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "run3.tokenizer.json").read_text() == (run / "tokenizer.json").read_text()
+    model, model_as_tokenizer = lmlab.load(arpa)
+    tok = lmlab.load(run)[1]
+    assert model_as_tokenizer is model and model.tokenizer.to_str() == tok.to_str()
+    text = texts["test"].read_text(encoding="utf-8")
+    line = text.split("\n")[1]
+    assert model.encode(line) == model.vocab.ids(str(i) for i in tok.encode(line))
+    assert model.decode(model.encode(text)) == text
+    code, out, err = run_main(["compare", run, arpa, "--data", texts["test"], "--out", tmp_path,
+                               "--interpolate", run, arpa], capsys)
+    assert code == 0, err
+    with open(tmp_path / "interpolate.csv", newline="") as f:
+        mix = next(csv.DictReader(f))
+    assert float(mix["bits_per_byte_mix"]) <= min(float(mix["bits_per_byte_a"]), float(mix["bits_per_byte_b"])) + 1e-9
+    # The ARPA words are the token ids, so KenLM scores the id text of a line exactly as we score the line.
+    kenlm = pytest.importorskip("kenlm", reason="the kenlm module is not installed")
+    k = kenlm.Model(str(arpa))
+    for line in text.split("\n")[:40]:
+        ids = " ".join(str(i) for i in tok.encode(line))
+        assert model.score(line) == pytest.approx(k.score(ids), abs=1e-4)

@@ -361,3 +361,17 @@ def test_cli_train_and_query(train_file, tmp_path, capsys, monkeypatch):
     assert main(["ngram", "train", "-o", "0", "--data", str(train_file), "--out", str(arpa)]) == 2
     assert main(["ngram", "query", str(tmp_path / "missing.arpa")]) == 2
     assert "missing.arpa does not exist" in capsys.readouterr().err
+
+
+def test_char_model_reloads_as_char(shakespeare_lines, tmp_path, heldout):
+    """ARPA has no field for the tokenizer: a char model notes it beside the file, a word model removes the note."""
+    m = NGramLM.train(shakespeare_lines[:500], order=3, tokenizer="char", progress=False)
+    m.save_arpa(tmp_path / "m.arpa")
+    assert NGramLM.from_arpa(tmp_path / "m.arpa").perplexity(heldout) == pytest.approx(m.perplexity(heldout))
+    NGramLM.train(shakespeare_lines[:500], order=2, progress=False).save_arpa(tmp_path / "m.arpa")
+    assert not (tmp_path / "m.tokenizer.json").exists() and NGramLM.from_arpa(tmp_path / "m.arpa").tokenizer == "word"
+
+
+def test_unknown_tokenizer_name(train_file):
+    with pytest.raises(LmlabError, match="unknown n-gram tokenizer 'bpe'; choose word, char"):
+        NGramLM.train(train_file, order=2, tokenizer="bpe", progress=False)

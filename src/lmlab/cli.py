@@ -216,7 +216,9 @@ def _add_ngram(sub) -> None:
     t.add_argument("-o", "--order", type=int, default=5)
     t.add_argument("--data", required=True, help="training text, one sentence per line")
     t.add_argument("--out", required=True, help="model file: .arpa (KenLM/SRILM readable) or .npz (fast reload)")
-    t.add_argument("--tokenizer", choices=["word", "char"], default="word")
+    t.add_argument("--tokenizer", default="word", metavar="word|char|TOKENIZER",
+                   help="word (blank-separated, as lmplz), char, or a run's tokenizer.json / run directory: n-grams "
+                        "of its token ids (saved beside the model as NAME.tokenizer.json), to mix with that run")
     t.add_argument("--smoothing", choices=["mkn", "add-k", "witten-bell"], default="mkn")
     t.add_argument("-k", type=float, default=1.0, help="k for add-k smoothing")
     t.add_argument("--discount-fallback", nargs="*", type=float, metavar="D",

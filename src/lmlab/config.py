@@ -109,11 +109,11 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def model_config_class(family: str):
-    from .models import FAMILIES  # local import: models import config
+    from .models import FAMILIES, config_class  # local import: models import config
 
     if family not in FAMILIES:
         raise LmlabError(unknown_key_message(family, list(FAMILIES), "model family"))
-    return FAMILIES[family][0]
+    return config_class(family)
 
 
 def build_dataclass(cls, values: dict, section: str):

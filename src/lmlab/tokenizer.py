@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .errors import LmlabError
-from .files import atomic_write_json, atomic_write_text
+from .files import atomic_write_text
 
 EOT = "<|endoftext|>"
 FILENAME = "tokenizer.json"
@@ -26,6 +26,10 @@ def _json_path(path) -> Path:
     """tokenizer.json inside `path`, unless `path` already names a .json file."""
     path = Path(path)
     return path if path.suffix == ".json" else path / FILENAME
+
+
+def _json_text(obj) -> str:
+    return json.dumps(obj, indent=2) + "\n"
 
 
 def _id_list(ids) -> list[int]:
@@ -46,8 +50,16 @@ class Tokenizer:
     def decode(self, ids) -> str:
         raise NotImplementedError
 
-    def save(self, path) -> None:
+    def to_str(self) -> str:
+        """The tokenizer.json text."""
         raise NotImplementedError
+
+    def save(self, path) -> None:
+        atomic_write_text(_json_path(path), self.to_str())
+
+    def encode_lines(self, lines: list[str]) -> list[list[int]]:
+        """Ids of each line (no newline inside); BPE overrides it with the library's parallel batch encoder."""
+        return [self.encode(line) for line in lines]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size})"
@@ -78,8 +90,8 @@ class CharTokenizer(Tokenizer):
     def decode(self, ids) -> str:
         return "".join(self.vocab[i] for i in _id_list(ids))
 
-    def save(self, path) -> None:
-        atomic_write_json(_json_path(path), {"lmlab_tokenizer": "char", "vocab": self.vocab})
+    def to_str(self) -> str:
+        return _json_text({"lmlab_tokenizer": "char", "vocab": self.vocab})
 
 
 class ByteTokenizer(Tokenizer):
@@ -94,8 +106,8 @@ class ByteTokenizer(Tokenizer):
     def decode(self, ids) -> str:
         return bytes(_id_list(ids)).decode("utf-8", errors="replace")
 
-    def save(self, path) -> None:
-        atomic_write_json(_json_path(path), {"lmlab_tokenizer": "byte"})
+    def to_str(self) -> str:
+        return _json_text({"lmlab_tokenizer": "byte"})
 
 
 _WORD_DELIMITERS = str.maketrans({"\t": " ", "\r": " ", "\0": " "})
@@ -147,8 +159,8 @@ class WordTokenizer(Tokenizer):
         lines.append(" ".join(line))
         return "\n".join(lines)
 
-    def save(self, path) -> None:
-        atomic_write_json(_json_path(path), {"lmlab_tokenizer": "word", "vocab": self.vocab})
+    def to_str(self) -> str:
+        return _json_text({"lmlab_tokenizer": "word", "vocab": self.vocab})
 
 
 class BPETokenizer(Tokenizer):
@@ -169,20 +181,31 @@ class BPETokenizer(Tokenizer):
     def decode(self, ids) -> str:
         return self.hf.decode(_id_list(ids), skip_special_tokens=False)
 
-    def save(self, path) -> None:
-        atomic_write_text(_json_path(path), self.hf.to_str(pretty=True))
+    def encode_lines(self, lines: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.hf.encode_batch(lines, add_special_tokens=False)]
+
+    def to_str(self) -> str:
+        return self.hf.to_str(pretty=True)
 
 
 def load_tokenizer(path) -> Tokenizer:
-    """Read tokenizer.json (a file, or a directory holding one): ours (char/byte) or any HF tokenizer."""
+    """Read tokenizer.json (a file, or a directory holding one): ours (char/byte/word) or any HF tokenizer."""
     file = _json_path(path)
     if not file.is_file():
         raise LmlabError(f"No tokenizer found at {file}; pass a tokenizer.json or a directory made by `lmlab prepare`.")
     try:
         text = file.read_text(encoding="utf-8")
-        obj = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except UnicodeDecodeError as e:
         raise LmlabError(f"{file} is not valid JSON ({e}); regenerate it with `lmlab prepare`.") from None
+    return tokenizer_from_str(text, file)
+
+
+def tokenizer_from_str(text: str, source="the tokenizer") -> Tokenizer:
+    """A tokenizer from tokenizer.json text; `source` names it in error messages."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise LmlabError(f"{source} is not valid JSON ({e}); regenerate it with `lmlab prepare`.") from None
     kind = obj.get("lmlab_tokenizer") if isinstance(obj, dict) else None
     if kind == "char" and isinstance(obj.get("vocab"), list):
         return CharTokenizer(obj["vocab"])
@@ -196,9 +219,10 @@ def load_tokenizer(path) -> Tokenizer:
         try:
             return BPETokenizer(HFTokenizer.from_str(text))
         except Exception as e:  # the Rust side raises plain Exception subclasses
-            raise LmlabError(f"{file} is not a tokenizer the `tokenizers` library can read ({e}).") from None
+            raise LmlabError(f"{source} is not a tokenizer the `tokenizers` library can read ({e}).") from None
     raise LmlabError(
-        f"{file} is not a known tokenizer format; expected an lmlab char/byte tokenizer or a Hugging Face tokenizer.json."
+        f"{source} is not a known tokenizer format; expected an lmlab char/byte/word tokenizer or a Hugging Face "
+        "tokenizer.json."
     )
 
 

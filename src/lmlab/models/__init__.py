@@ -2,18 +2,29 @@
 
 A trainable model class also says what it trains on: `training_data(cfg)` returns the batch source
 (TokenBlocks: random windows for GPT; TokenStreams: contiguous streams for truncated BPTT in RNNs).
+Families are imported on first use, so the n-gram module (NumPy only) loads without torch.
 """
-from .gpt import GPT, GPTConfig
-from .rnn import RNNLM, RNNConfig
+from importlib import import_module
 
+# family -> (module, config dataclass, model class)
 FAMILIES = {
-    "gpt": (GPTConfig, GPT),
-    "rnn": (RNNConfig, RNNLM),
+    "gpt": ("gpt", "GPTConfig", "GPT"),
+    "rnn": ("rnn", "RNNConfig", "RNNLM"),
 }
 
 
+def _family(family: str):
+    module, config_name, class_name = FAMILIES[family]
+    module = import_module(f"{__name__}.{module}")
+    return getattr(module, config_name), getattr(module, class_name)
+
+
+def config_class(family: str):
+    return _family(family)[0]
+
+
 def model_class(family: str):
-    return FAMILIES[family][1]
+    return _family(family)[1]
 
 
 def build_model(model_cfg):

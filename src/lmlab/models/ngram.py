@@ -23,6 +23,7 @@ techniques"):
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -34,7 +35,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..errors import LmlabError
-from ..files import atomic_open
+from ..files import atomic_open, atomic_write_text
 
 UNK, BOS, EOS = "<unk>", "<s>", "</s>"
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
@@ -68,15 +69,59 @@ def _as_text(lines_or_path, encoding: str = "utf-8") -> tuple[str, str]:
     return "".join(line if line.endswith("\n") else line + "\n" for line in lines_or_path), "the training text"
 
 
-def _split_words(line: str, tokenizer: str) -> list[str]:
-    """The tokens of one line: words split on space, tab, CR, NUL (as lmplz), or characters."""
+# A model's `tokenizer` is "word" (split on blanks, as lmplz), "char", or an lmlab Tokenizer (the one of a run:
+# its token ids, written in decimal, are the model's words, so the n-gram predicts the same tokens as the run).
+
+def resolve_tokenizer(tokenizer):
+    """"word", "char", an lmlab Tokenizer, or a path to a tokenizer.json (or a run / data directory holding one)."""
+    if tokenizer in ("word", "char") or hasattr(tokenizer, "encode_lines"):
+        return tokenizer
+    if isinstance(tokenizer, (str, os.PathLike)) and (Path(tokenizer).exists() or str(tokenizer).endswith(".json")):
+        from ..tokenizer import load_tokenizer
+
+        return load_tokenizer(tokenizer)
+    raise LmlabError(f"unknown n-gram tokenizer {str(tokenizer)!r}; choose word, char, or the path of a "
+                     "tokenizer.json (or a run directory) to count n-grams of that tokenizer's tokens.")
+
+
+def tokenizer_file(model_path) -> Path:
+    """Where an ARPA model records a tokenizer other than "word", beside it: model.arpa -> model.tokenizer.json
+    (a run's tokenizer.json, or {"lmlab_ngram_tokenizer": "char"}). ARPA itself has no place for it."""
+    return Path(model_path).with_suffix(".tokenizer.json")
+
+
+def _tokenizer_json(tokenizer) -> str:
+    return tokenizer.to_str() if not isinstance(tokenizer, str) else json.dumps({"lmlab_ngram_tokenizer": tokenizer})
+
+
+def _tokenizer_from_json(text: str, source: str):
+    if '"lmlab_ngram_tokenizer"' in text[:100]:
+        try:
+            return resolve_tokenizer(json.loads(text)["lmlab_ngram_tokenizer"])
+        except (ValueError, KeyError, TypeError):
+            raise LmlabError(f"{source} is not a valid n-gram tokenizer note.") from None
+    from ..tokenizer import tokenizer_from_str
+
+    return tokenizer_from_str(text, source)
+
+
+def _split_words(line: str, tokenizer) -> list[str]:
+    """The tokens of one line: words split on space, tab, CR, NUL (as lmplz), characters, or token ids."""
+    if not isinstance(tokenizer, str):
+        return [str(i) for i in tokenizer.encode(line)]
     if tokenizer == "char":
         return [SPACE_SYMBOL if c == " " else c for c in line.rstrip("\r")]
     return [w for w in line.translate(_WORD_DELIMITERS).split(" ") if w]
 
 
-def _text_tokens(text: str, tokenizer: str) -> list[str]:
+def _text_tokens(text: str, tokenizer) -> list[str]:
     """All tokens of newline-terminated text, with "\0" marking each line end (C-speed str methods only)."""
+    if not isinstance(tokenizer, str):
+        tokens: list[str] = []
+        for ids in tokenizer.encode_lines(text.split("\n")[:-1]):
+            tokens.extend(map(str, ids))
+            tokens.append("\0")
+        return tokens
     if tokenizer == "char":
         return list(text.replace("\0", " ").replace("\r\n", "\n").replace(" ", SPACE_SYMBOL).replace("\n", "\0"))
     text = text.replace("\0", " ").replace("\t", " ").replace("\r", " ").replace("\n", " \0 ")
@@ -110,7 +155,7 @@ class Vocab:
         return [get(w, UNK_ID) for w in words]
 
 
-def _encode_corpus(text: str, tokenizer: str, skip_symbols: bool, name: str):
+def _encode_corpus(text: str, tokenizer, skip_symbols: bool, name: str):
     """Word ids of the whole text (vocabulary in order of first appearance) and the words per line."""
     if text and not text.endswith("\n"):
         text += "\n"
@@ -311,7 +356,7 @@ class NGramLM:
     family = "ngram"
     eot_id = None  # </s> decodes to "\n", a real character of the text (counted in bits per char/byte)
 
-    def __init__(self, vocab: Vocab, tables: list[NGramTables], tokenizer: str = "word", info: dict | None = None):
+    def __init__(self, vocab: Vocab, tables: list[NGramTables], tokenizer="word", info: dict | None = None):
         self.vocab = vocab
         self.tables = tables
         self.tokenizer = tokenizer
@@ -327,15 +372,18 @@ class NGramLM:
 
     @classmethod
     def train(cls, lines_or_path, order: int = 5, smoothing: str = "mkn", discount_fallback=None,
-              prune=None, limit_vocab=None, progress: bool = True, tokenizer: str = "word",
+              prune=None, limit_vocab=None, progress: bool = True, tokenizer="word",
               skip_symbols: bool = False, k: float = 1.0, encoding: str = "utf-8") -> "NGramLM":
-        """Count and estimate an n-gram model like ``lmplz -o order`` (MKN), or with Witten-Bell / add-k."""
+        """Count and estimate an n-gram model like ``lmplz -o order`` (MKN), or with Witten-Bell / add-k.
+
+        tokenizer: "word" (lmplz's words), "char", or a run's tokenizer (a Tokenizer or the path of its
+        tokenizer.json / run directory): n-grams of its token ids, each line still a sentence.
+        """
         if not isinstance(order, int) or order < 1:
             raise LmlabError(f"the n-gram order must be a whole number >= 1 (got {order!r}).")
         if smoothing not in SMOOTHINGS:
             raise LmlabError(f"unknown smoothing {smoothing!r}; choose one of {', '.join(SMOOTHINGS)}.")
-        if tokenizer not in ("word", "char"):
-            raise LmlabError(f"unknown n-gram tokenizer {tokenizer!r}; choose word or char.")
+        tokenizer = resolve_tokenizer(tokenizer)
         thresholds = _prune_thresholds(prune, order)
         fallback = _normalize_fallback(discount_fallback)
         text, name = _as_text(lines_or_path, encoding)
@@ -377,18 +425,31 @@ class NGramLM:
     def decode(self, ids) -> str:
         words = self.vocab.words
         out: list[str] = []
-        sep = "" if self.tokenizer == "char" else " "
         line: list[str] = []
         for i in (ids.tolist() if hasattr(ids, "tolist") else ids):
             i = int(i)
             if i == EOS_ID:
-                out.append(sep.join(line) + "\n")
+                out.append(self._join_line(line) + "\n")
                 line = []
             elif i != BOS_ID:
-                w = words[i]
-                line.append(" " if (self.tokenizer == "char" and w == SPACE_SYMBOL) else w)
-        out.append(sep.join(line))
+                line.append(words[i])
+        out.append(self._join_line(line))
         return "".join(out)
+
+    def _join_line(self, words: Sequence[str]) -> str:
+        """The text of one line's tokens (the inverse of _split_words, up to blanks for "word")."""
+        if self.tokenizer == "word":
+            return " ".join(words)
+        if self.tokenizer == "char":
+            return "".join(" " if w == SPACE_SYMBOL else w for w in words)
+        pieces, ids = [], []
+        for w in words:  # token ids decode together (a character may span tokens); <unk> stays as it is
+            if w.isdigit():
+                ids.append(int(w))
+            else:
+                pieces += [self.tokenizer.decode(ids), w]
+                ids = []
+        return "".join(pieces) + self.tokenizer.decode(ids)
 
     # ----------------------------------------------------------------------- lookups
 
@@ -535,28 +596,33 @@ class NGramLM:
         until about `n_tokens` words are produced. For synthetic corpora; `lmlab generate` uses logprobs_next."""
         sampler = _BatchSampler(self, np.random.default_rng(seed))
         words = np.array(self.vocab.words, dtype=object)
-        sep = "" if self.tokenizer == "char" else " "
         produced = 0
         while produced < n_tokens:
             for sentence in sampler.sentences(batch, max_len):
                 produced += len(sentence) + 1
-                text = sep.join(words[sentence])
-                yield (text.replace(SPACE_SYMBOL, " ") if self.tokenizer == "char" else text) + "\n"
+                yield self._join_line(words[sentence]) + "\n"
                 if produced >= n_tokens:
                     return
 
     # ----------------------------------------------------------------------- files
 
     def save_arpa(self, path) -> None:
+        """The ARPA file; a model over a run's tokenizer also writes it beside the file (tokenizer_file)."""
+        sidecar = tokenizer_file(path)
+        if self.tokenizer == "word":
+            sidecar.unlink(missing_ok=True)  # a stale one would make the reload use the wrong tokens
+        else:
+            atomic_write_text(sidecar, _tokenizer_json(self.tokenizer))
         write_arpa(self, path)
 
     @classmethod
-    def from_arpa(cls, path, tokenizer: str = "word") -> "NGramLM":
+    def from_arpa(cls, path, tokenizer=None) -> "NGramLM":
         return read_arpa(path, tokenizer)
 
     def save(self, path) -> None:
         """Our own binary (.npz): the arrays as they are in memory, reloads in a blink."""
-        arrays = {"vocab": np.array("\n".join(self.vocab.words)), "tokenizer": np.array(self.tokenizer)}
+        tokenizer = _tokenizer_json(self.tokenizer)
+        arrays = {"vocab": np.array("\n".join(self.vocab.words)), "tokenizer": np.array(tokenizer)}
         for n, t in enumerate(self.tables, start=1):
             arrays[f"keys{n}"], arrays[f"prob{n}"], arrays[f"backoff{n}"] = t.keys, t.prob, t.backoff
         with atomic_open(path, "wb") as f:
@@ -572,9 +638,12 @@ class NGramLM:
             vocab = Vocab(str(z["vocab"]).split("\n"))
             order = sum(1 for k in z.files if k.startswith("keys"))
             tables = [NGramTables(z[f"keys{n}"], z[f"prob{n}"], z[f"backoff{n}"]) for n in range(1, order + 1)]
-            return cls(vocab, tables, str(z["tokenizer"]))
+            tokenizer = str(z["tokenizer"])
         except (OSError, ValueError, KeyError) as e:
             raise LmlabError(f"{path} is not an lmlab n-gram .npz file ({e}).") from None
+        if tokenizer.startswith("{"):  # older files hold just "word" or "char"
+            tokenizer = _tokenizer_from_json(tokenizer, f"the tokenizer inside {path}")
+        return cls(vocab, tables, resolve_tokenizer(tokenizer))
 
 
 class _UnkDict(dict):
@@ -1031,9 +1100,16 @@ class _ArpaReader:
         raise self.error(f"the file ends early (truncated?) while expecting {what}.", len(self.lines))
 
 
-def read_arpa(path, tokenizer: str = "word") -> NGramLM:
-    """Read an ARPA file (lmplz, SRILM, ours). Missing prefixes (pruned SRILM models) get blank entries."""
+def read_arpa(path, tokenizer=None) -> NGramLM:
+    """Read an ARPA file (lmplz, SRILM, ours). Missing prefixes (pruned SRILM models) get blank entries.
+
+    tokenizer None: the run tokenizer saved beside the file (tokenizer_file) if there is one, else "word".
+    """
     r = _ArpaReader(Path(path))
+    if tokenizer is None:
+        sidecar = tokenizer_file(path)
+        tokenizer = _tokenizer_from_json(sidecar.read_text(encoding="utf-8"), str(sidecar)) if sidecar.is_file() else "word"
+    tokenizer = resolve_tokenizer(tokenizer)
     while True:  # text before \data\ is allowed (SRILM and others write comments)
         if r.i >= len(r.lines):
             raise r.error("no \\data\\ header; this is not an ARPA language model.", 1)
@@ -1155,7 +1231,7 @@ def _number(r: _ArpaReader, text: str, what: str) -> float:
     return value
 
 
-def _build_from_sections(sections, tokenizer: str, r: _ArpaReader) -> NGramLM:
+def _build_from_sections(sections, tokenizer, r: _ArpaReader) -> NGramLM:
     uni_words = [w[0] for w in sections[0][0]]
     vocab_words = list(SPECIALS) + [w for w in uni_words if w not in SPECIALS]
     vocab = Vocab(vocab_words)
@@ -1255,7 +1331,7 @@ def _backoff_prob(model: NGramLM, words: tuple) -> float:
 
 # =========================================================================== CLI helpers
 
-def load_ngram(path, tokenizer: str = "word") -> NGramLM:
+def load_ngram(path, tokenizer=None) -> NGramLM:
     """An n-gram model from an ARPA file or our .npz binary."""
     return NGramLM.load(path) if Path(path).suffix == ".npz" else NGramLM.from_arpa(path, tokenizer)
 
