@@ -1,6 +1,8 @@
 """RNN / LSTM / GRU language models: config checks, truncated-BPTT streams with a carried hidden state,
 the causal-LM interface (incremental logprobs_next, token_logprobs over the whole history), training and
 exact resume on the shared Trainer, generation and eval through the shared commands."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -122,6 +124,46 @@ def test_token_logprobs_equals_a_token_by_token_loop():
     assert fast.shape == (49,)
     np.testing.assert_allclose(fast, slow, atol=1e-5)
     assert model.score(ids) == pytest.approx(sum(slow), abs=1e-4)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_state_resets_at_each_document_start(cell):
+    """With an end-of-text id, a document after one (or two) others is scored exactly as if it came first,
+    in every row of a batch independently, and training gradients flow through the pieces."""
+    EOT = 12
+    model = small_model(cell, eot_id=EOT)
+    rng = np.random.default_rng(4)
+    doc_a, doc_b, doc_c = (rng.integers(0, EOT, n).tolist() for n in (9, 7, 11))
+    alone = model.token_logprobs([EOT] + doc_c)
+    after = model.token_logprobs(doc_a + [EOT] + doc_b + [EOT] + doc_c)
+    np.testing.assert_allclose(after[-len(alone):], alone, atol=1e-5)
+    before = model.token_logprobs(doc_a)  # the first document is untouched
+    np.testing.assert_allclose(after[:len(before)], before, atol=1e-6)
+    rows = torch.tensor([doc_a[:4] + [EOT] + doc_c[:6], doc_b[:7] + [EOT] + doc_c[:3]])
+    logits, _ = model(rows)
+    fresh, _ = model(torch.tensor([[EOT] + doc_c[:6]]))
+    assert torch.allclose(logits[0, 4:], fresh[0], atol=1e-5)
+    assert not torch.allclose(logits[1, 4:8], fresh[0, :4], atol=1e-3)  # row 1 has no reset at column 4
+    model.train()
+    model.loss((rows[:, :-1], rows[:, 1:])).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    without = small_model(cell)  # no end-of-text id: the history flows through
+    assert not np.allclose(without.token_logprobs(doc_a + [EOT] + doc_c)[-len(doc_c):], alone[-len(doc_c):],
+                           atol=1e-3)
+
+
+def test_training_takes_the_end_of_text_id_from_the_data(tmp_path):
+    """BPE data has <|endoftext|> between documents (one per file): the trained model resets there."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    text = (Path(__file__).resolve().parents[1] / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    for i in range(6):
+        (docs / f"{i}.txt").write_text(text[i * 10000:(i + 1) * 10000], encoding="utf-8")
+    lmlab.prepare(docs, tmp_path / "bpe", tokenizer="bpe", vocab_size=300, progress=False)
+    cfg = rnn_cfg(tmp_path / "bpe", max_iters=2, batch_size=4)
+    lmlab.train(cfg, tmp_path / "run", progress=False)
+    model, tok = lmlab.load(tmp_path / "run")
+    assert tok.eot_id is not None and model.cfg.eot_id == tok.eot_id
 
 
 # ----------------------------------------------------------------------------------- training

@@ -296,6 +296,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
     elif cfg.model.vocab_size < meta["vocab_size"]:
         raise LmlabError(f"model.vocab_size {cfg.model.vocab_size} is smaller than the data's vocabulary "
                          f"({meta['vocab_size']}); leave it at 0 to take it from the data.")
+    if getattr(cfg.model, "eot_id", None) == -1 and meta.get("eot_id") is not None:
+        cfg.model.eot_id = meta["eot_id"]  # recurrent models reset their state at each document start
     if resume:
         check_resumable(run_dir)
     data = model_class(cfg.model.family).training_data(cfg)  # each family says what it trains on

@@ -8,6 +8,9 @@ Training is truncated BPTT over contiguous streams (data.TokenStreams, PyTorch's
 the model carries its hidden state from one batch to the next, detached so gradients stop at the chunk
 boundary, and zeroes it when a batch says `reset` (the first chunk of an epoch). Training and evaluation
 carry separate states, so the Trainer's periodic evaluation does not disturb the training streams.
+Documents are separated by the tokenizer's end-of-text token (data.prepare writes it before every document
+but the first, for BPE): each row's state is zeroed just before it reads that token, so a new document starts
+from the same state as the first one, in training, evaluation and generation alike.
 
 Answers the causal-LM interface shared by every family: `loss(batch)`, `logprobs_next(ids, state)` (state =
 hidden state + tokens consumed) and `token_logprobs(ids)` (the whole history, carried through the text).
@@ -38,6 +41,7 @@ class RNNConfig:
     n_layer: int = 2
     dropout: float = 0.0  # on embeddings, between layers and before the decoder (Zaremba et al. 2014)
     tie_weights: bool = False  # decoder shares the embedding matrix; needs n_embd == n_hidden
+    eot_id: int = -1  # end-of-text token of the data (set by `lmlab train` from meta.json); -1: none
 
     def validate(self) -> None:
         for name in ("block_size", "n_layer", "n_embd", "n_hidden"):
@@ -61,8 +65,20 @@ def detach(hidden):
     return tuple(h.detach() for h in hidden) if isinstance(hidden, tuple) else hidden.detach()
 
 
+def _first(hidden) -> torch.Tensor:
+    return hidden[0] if isinstance(hidden, tuple) else hidden
+
+
 def _rows(hidden) -> int:
-    return (hidden[0] if isinstance(hidden, tuple) else hidden).shape[1]
+    return _first(hidden).shape[1]
+
+
+def _zero_rows(hidden, rows: torch.Tensor):
+    """The hidden state with the rows where `rows` is true set to zero (no in-place write: autograd safe)."""
+    if hidden is None:
+        return None  # None already means zeros
+    keep = (~rows).to(_first(hidden).dtype)[None, :, None]
+    return tuple(h * keep for h in hidden) if isinstance(hidden, tuple) else hidden * keep
 
 
 class RNNState:
@@ -107,8 +123,22 @@ class RNNLM(NeuralLM):
     # ------------------------------------------------------------------ forward
 
     def forward(self, idx: torch.Tensor, hidden=None):
-        """Logits [B, T, V] for token ids idx [B, T] after `hidden` (None = zeros), and the new hidden state."""
-        out, hidden = self.rnn(self.drop(self.wte(idx)), hidden)
+        """Logits [B, T, V] for token ids idx [B, T] after `hidden` (None = zeros), and the new hidden state.
+
+        A row's state is zeroed just before each end-of-text token it reads (the start of a new document):
+        the sequence is run in pieces cut at the columns holding one, so the fused kernel still does the work.
+        """
+        eot = self.cfg.eot_id
+        cuts = [] if eot < 0 else torch.nonzero((idx == eot).any(0)).flatten().tolist()
+        pieces, start = [], 0
+        for cut in cuts + [idx.shape[1]]:
+            if cut > start:
+                out, hidden = self.rnn(self.drop(self.wte(idx[:, start:cut])), hidden)
+                pieces.append(out)
+            if cut < idx.shape[1]:
+                hidden = _zero_rows(hidden, idx[:, cut] == eot)
+            start = cut
+        out = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
         return self.lm_head(self.drop(out)), hidden
 
     def loss(self, batch) -> torch.Tensor:
