@@ -129,10 +129,9 @@ def worker(model, shape_name, nanogpt):
 
 
 class Worker:
-    def __init__(self, model, shape_name, nanogpt):
-        cmd = [sys.executable, __file__, "--worker", model, "--shapes", shape_name]
-        if nanogpt:
-            cmd += ["--nanogpt", nanogpt]
+    """A benchmark worker process (`cmd`: a script run with --worker), answering 'run N steps' requests."""
+
+    def __init__(self, model, cmd):
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                      stderr=subprocess.DEVNULL)
         for line in self.proc.stdout:  # skip whatever the model prints while it is built
@@ -171,7 +170,8 @@ def main():
         shape = SHAPES[name]
         steps = args.steps or (20 if name == "4x128" else 3)
         tokens = shape["batch_size"] * shape["block_size"]
-        workers = {m: Worker(m, name, args.nanogpt) for m in models}
+        cmd = [sys.executable, __file__, "--shapes", name] + (["--nanogpt", args.nanogpt] if args.nanogpt else [])
+        workers = {m: Worker(m, cmd + ["--worker", m]) for m in models}
         times = {m: [] for m in models}
         for _ in range(args.rounds):
             for m, w in workers.items():
