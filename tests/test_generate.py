@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from lmlab.errors import LmlabError
-from lmlab.generate import (GenerationConfig, apply_top_k, apply_top_p, choose_next, generate, generate_ids,
-                            make_generators, stream)
+from lmlab.generate import (GenerationConfig, StopText, apply_min_p, apply_repetition_penalty, apply_top_k,
+                            apply_top_p, banned_bad_words, banned_continuations, choose_next, complete, generate,
+                            generate_ids, make_generators, stream)
 
 
 def greedy_by_hand(model, ids: list[int], n: int) -> list[int]:
@@ -142,3 +143,93 @@ def test_unseeded_sampling_leaves_the_global_rng_alone(tiny_model):
     assert torch.equal(torch.rand(3), want)  # e.g. a training loop's dropout stream is not reseeded
     b = generate(model, tok, "KING", max_new_tokens=40, temperature=1.0)
     assert a != b  # and unseeded samples still differ from call to call
+
+
+# ----------------------------------------------------------------------------------- processors, stop strings, beams
+
+def test_min_p_and_repetition_penalty():
+    logits = PROBS.log()[None]
+    assert kept(apply_min_p(logits, 0.5)[0]) == {1, 3}  # 0.3 >= 0.5 x 0.5, 0.15 < 0.25
+    assert kept(apply_min_p(logits, 0.0)[0]) == {0, 1, 2, 3}
+    penalised = apply_repetition_penalty(logits, torch.tensor([[1, 1]]), 2.0)
+    assert penalised[0, 1] == pytest.approx(2 * math.log(0.5)) and torch.equal(penalised[0, [0, 2, 3]], logits[0, [0, 2, 3]])
+
+
+def test_banned_ngram_continuations_and_bad_words():
+    assert banned_continuations([5, 6, 7, 5, 6], 3) == {7}
+    assert banned_continuations([5, 6, 7, 5, 6], 1) == {5, 6, 7}
+    assert banned_bad_words([1, 2, 3], [[9], [3, 4], [2, 4]]) == {9, 4}
+
+
+def test_no_repeat_ngram_and_bad_words_hold_in_generated_text(tiny_model):
+    model, tok = tiny_model
+    prompt = tok.encode("ROMEO:")
+    cfg = GenerationConfig(max_new_tokens=80, temperature=0, no_repeat_ngram_size=3)
+    ids = prompt + [int(t[0]) for t in generate_ids(model, prompt, cfg, batch=1)]
+    trigrams = [tuple(ids[i:i + 3]) for i in range(len(ids) - 2)]
+    assert len(trigrams) == len(set(trigrams))
+    text = generate(model, tok, "ROMEO:", max_new_tokens=200, temperature=1.0, seed=0, bad_words=["e", "th"])[0]
+    assert "e" not in text and "th" not in text and len(text) == 200
+
+
+def test_stop_string_across_tokens_streams_exactly_up_to_it(tiny_model):
+    model, tok = tiny_model
+    full = generate(model, tok, "KING:", max_new_tokens=120, temperature=0.8, seed=4)[0]
+    stop = full[50:53]  # three characters = three char tokens: found only across token boundaries
+    want = full[:full.index(stop)]
+    cfg = GenerationConfig(max_new_tokens=120, temperature=0.8, seed=4, stop=["never-there", stop])
+    (c,) = complete(model, tok, "KING:", cfg)
+    assert c.text == want and c.finish_reason == "stop" and tok.decode(c.token_ids).startswith(want)
+    pieces = list(stream(model, tok, "KING:", cfg))
+    assert "".join(pieces) == want and not any(stop in p for p in pieces)
+    text = StopText(tok, ["ab"])
+    assert [text.add(i) for i in tok.encode("xaay")] == ["x", "", "a", "ay"]  # "a" is held until "y" decides
+
+
+def test_logprobs_are_the_models_own_and_max_length_counts_the_prompt(tiny_model):
+    model, tok = tiny_model
+    prompt = tok.encode("First Citizen:")
+    n = model.block_size - len(prompt)  # within one context: token_logprobs sees the same history
+    (c,) = complete(model, tok, "First Citizen:", max_new_tokens=n, temperature=1.0, top_k=5, seed=1)
+    expected = model.token_logprobs(prompt + c.token_ids)[len(prompt) - 1:]
+    assert c.logprobs == pytest.approx(expected.tolist(), abs=1e-4) and c.finish_reason == "length"
+    assert len(complete(model, tok, "First Citizen:", max_new_tokens=n, max_length=20)[0].token_ids) == 20 - len(prompt)
+
+
+def test_beam_search_finds_the_best_two_token_continuation(tiny_model):
+    """With one beam per vocabulary entry, two steps of beam search are exhaustive."""
+    model, tok = tiny_model
+    prompt = tok.encode("ROMEO:")
+    V = model.cfg.vocab_size
+    first, _ = model.logprobs_next(torch.tensor([prompt]))
+    second, _ = model.logprobs_next(torch.tensor([prompt + [t] for t in range(V)]))
+    best = (first[0][:, None] + second).flatten().max().item()
+    c = complete(model, tok, "ROMEO:", max_new_tokens=2, num_beams=V, num_return_sequences=3)
+    assert sum(c[0].logprobs) == pytest.approx(best, abs=1e-4)
+    assert sum(c[0].logprobs) >= sum(c[1].logprobs) >= sum(c[2].logprobs)
+
+
+@pytest.mark.parametrize("family", ["gpt", "rnn"])
+def test_beam_search_cache_reordering_matches_recomputing(family, tiny_model, tiny_lstm_run, monkeypatch):
+    import importlib
+
+    import lmlab
+
+    gen = importlib.import_module("lmlab.generate")
+    model, tok = tiny_model if family == "gpt" else lmlab.load(tiny_lstm_run["run"])
+    cfg = GenerationConfig(max_new_tokens=25, num_beams=4, num_return_sequences=4, length_penalty=0.5)
+    cached = complete(model, tok, "KING:", cfg)
+    monkeypatch.setattr(gen, "reorder", lambda m, state, rows: None)  # recompute every step from scratch
+    assert [c.token_ids for c in complete(model, tok, "KING:", cfg)] == [c.token_ids for c in cached]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(num_beams=2, num_return_sequences=3), "num_beams (2) must be >= num_return_sequences (3)"),
+    (dict(stop=["x", ""]), "a stop string is empty"),
+    (dict(min_p=1.5), "min_p must be in"),
+    (dict(max_length=0), "max_length must be >= 1"),
+])
+def test_more_generation_config_errors(tiny_model, kwargs, message):
+    model, tok = tiny_model
+    with pytest.raises(LmlabError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        generate(model, tok, "Hi", **kwargs)

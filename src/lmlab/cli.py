@@ -130,38 +130,64 @@ def read_text(path: Path) -> str:
 # --------------------------------------------------------------------------- generate
 
 def _add_generate(sub) -> None:
-    p = sub.add_parser("generate", help="sample text from a model, streamed as it is produced")
-    p.add_argument("run", help="run directory")
+    p = sub.add_parser("generate", help="sample text from a model, streamed as it is produced",
+                       description="Continue a prompt with any model (GPT, RNN, n-gram): greedy, sampling with "
+                                   "temperature / top-k / top-p / min-p, or beam search; stop strings, penalties.")
+    p.add_argument("run", help="run directory or n-gram model")
     p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--max-length", type=int, default=None, help="limit on prompt + new tokens")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--min-p", type=float, default=None)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--no-repeat-ngram-size", type=int, default=0)
+    p.add_argument("--bad-words", nargs="+", default=[], metavar="WORD", help="texts never to produce")
+    p.add_argument("--stop", nargs="+", default=[], metavar="TEXT", help="end where one of these strings begins")
+    p.add_argument("--num-beams", type=int, default=1, help="> 1: beam search")
+    p.add_argument("--length-penalty", type=float, default=1.0)
+    p.add_argument("--early-stopping", action="store_true")
     p.add_argument("--num-return-sequences", type=int, default=1)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
+                   help="print tokens as they come (default) or each sequence when it is done")
+    p.add_argument("--logprobs", action="store_true", help="after each sequence, print its tokens and log-probabilities")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.set_defaults(func=cmd_generate)
 
 
 def cmd_generate(args) -> None:
     from .checkpoint import load
-    from .generate import GenerationConfig, stream
+    from .generate import GenerationConfig, complete, stream
     from .train import resolve_device
 
-    cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                           top_p=args.top_p, num_return_sequences=args.num_return_sequences, seed=args.seed)
+    cfg = GenerationConfig(
+        max_new_tokens=args.max_new_tokens, max_length=args.max_length, temperature=args.temperature,
+        top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+        no_repeat_ngram_size=args.no_repeat_ngram_size, bad_words=args.bad_words, stop=args.stop,
+        num_beams=args.num_beams, length_penalty=args.length_penalty, early_stopping=args.early_stopping,
+        num_return_sequences=args.num_return_sequences, seed=args.seed)
     cfg.validate()
     model, tokenizer = load(args.run, device=str(resolve_device(args.device)))
     if not tokenizer.encode(args.prompt):  # unknown characters fail here, before the prompt is echoed
         raise LmlabError("the prompt is empty after tokenization; give a non-empty --prompt.")
+    streaming = args.stream and cfg.num_beams == 1 and not args.logprobs
+    completions = None if streaming else complete(model, tokenizer, args.prompt, cfg)
     for i in range(cfg.num_return_sequences):
         if cfg.num_return_sequences > 1:
             print(f"--- sample {i + 1} ---", flush=True)
         sys.stdout.write(args.prompt)
-        for piece in stream(model, tokenizer, args.prompt, cfg, sequence=i):
+        pieces = stream(model, tokenizer, args.prompt, cfg, sequence=i) if streaming else [completions[i].text]
+        for piece in pieces:
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
+        if args.logprobs:
+            c = completions[i]
+            for token, lp in zip(c.token_ids, c.logprobs):
+                sys.stdout.write(f"{token}\t{tokenizer.decode([token])!r}\t{lp:.4f}\n")
+            sys.stdout.write(f"total log p {sum(c.logprobs):.4f} over {len(c.logprobs)} tokens ({c.finish_reason})\n")
     sys.stdout.flush()
 
 

@@ -1,14 +1,18 @@
 """One generation loop for every causal model (GPT, RNN, n-gram): it only calls `logprobs_next`.
 
-Each step turns the model's next-token log-probabilities into a choice: the logits processors
-(temperature, top-k, top-p) reshape the distribution, then a sequence's own seeded generator
-draws from it, so sample i is the same whether it is drawn alone or in a batch.
+Each step turns the model's next-token log-probabilities into a choice, as Hugging Face `generate` does:
+processors that look at the history (repetition penalty, no-repeat n-grams, banned words) then warpers
+(temperature, top-k, top-p, min-p) reshape the distribution, and a sequence's own seeded generator draws
+from it, so sample i is the same whether it is drawn alone or in a batch. Greedy and beam search use the
+processors only. Stop strings end a sequence exactly where the string starts, even when it spans tokens;
+the end-of-text token ends it too.
 """
 from __future__ import annotations
 
+import math
 import secrets
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
@@ -19,23 +23,55 @@ from .errors import LmlabError
 @dataclass
 class GenerationConfig:
     max_new_tokens: int = 200
+    max_length: int | None = None  # prompt + new tokens (Hugging Face's max_length); the smaller limit wins
     temperature: float = 1.0  # 0 = greedy
     top_k: int | None = None  # keep the k most likely tokens
     top_p: float | None = None  # keep the smallest set with probability >= top_p (nucleus, Holtzman et al. 2020)
+    min_p: float | None = None  # drop tokens less likely than min_p x the most likely one (Nguyen et al. 2024)
+    repetition_penalty: float = 1.0  # > 1 discourages tokens already in the sequence (CTRL, Keskar et al. 2019)
+    no_repeat_ngram_size: int = 0  # never repeat an n-gram of this size
+    bad_words: list[str] = field(default_factory=list)  # texts whose token sequences are never produced
+    stop: list[str] = field(default_factory=list)  # end a sequence where one of these strings begins
+    num_beams: int = 1  # > 1: beam search (deterministic; sampling settings are ignored)
+    length_penalty: float = 1.0  # beam scores are sum log p / length ** length_penalty
+    early_stopping: bool = False  # beam search ends once num_beams hypotheses are finished
     num_return_sequences: int = 1
     seed: int | None = None
 
     def validate(self) -> None:
         if self.max_new_tokens < 0:
             raise LmlabError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}.")
+        if self.max_length is not None and self.max_length < 1:
+            raise LmlabError(f"max_length must be >= 1, got {self.max_length}.")
         if self.temperature < 0:
             raise LmlabError(f"temperature must be >= 0, got {self.temperature}.")
         if self.top_k is not None and self.top_k < 1:
             raise LmlabError(f"top_k must be >= 1, got {self.top_k}.")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise LmlabError(f"top_p must be in (0, 1], got {self.top_p}.")
+        if self.min_p is not None and not 0 <= self.min_p <= 1:
+            raise LmlabError(f"min_p must be in [0, 1], got {self.min_p}.")
+        if self.repetition_penalty <= 0:
+            raise LmlabError(f"repetition_penalty must be > 0, got {self.repetition_penalty}.")
+        if self.no_repeat_ngram_size < 0:
+            raise LmlabError(f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}.")
+        if any(not s for s in self.stop):
+            raise LmlabError("a stop string is empty; give non-empty stop strings.")
+        if any(not w for w in self.bad_words):
+            raise LmlabError("a bad word is empty; give non-empty bad words.")
         if self.num_return_sequences < 1:
             raise LmlabError(f"num_return_sequences must be >= 1, got {self.num_return_sequences}.")
+        if self.num_beams < 1:
+            raise LmlabError(f"num_beams must be >= 1, got {self.num_beams}.")
+        if self.num_beams > 1 and self.num_beams < self.num_return_sequences:
+            raise LmlabError(f"num_beams ({self.num_beams}) must be >= num_return_sequences "
+                             f"({self.num_return_sequences}): beam search returns its best beams.")
+
+    def new_tokens(self, prompt_length: int) -> int:
+        """How many tokens to generate after a prompt of this length."""
+        if self.max_length is None:
+            return self.max_new_tokens
+        return max(0, min(self.max_new_tokens, self.max_length - prompt_length))
 
 
 # --------------------------------------------------------------------------- logits processors
@@ -62,8 +98,51 @@ def apply_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+def apply_min_p(logits: torch.Tensor, min_p: float) -> torch.Tensor:
+    """Drop tokens whose probability is below min_p times the row's largest probability."""
+    logp = logits.log_softmax(-1)
+    threshold = logp.max(-1, keepdim=True).values + math.log(min_p) if min_p > 0 else -math.inf
+    return logits.masked_fill(logp < threshold, float("-inf"))
+
+
+def apply_repetition_penalty(logprobs: torch.Tensor, ids: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL's penalty on every token already in the row. Log-probabilities are <= 0, so they are multiplied
+    by the penalty (CTRL divides positive logits and multiplies negative ones: the same direction)."""
+    seen = torch.gather(logprobs, 1, ids)
+    return logprobs.scatter(1, ids, seen * penalty)
+
+
+def banned_continuations(ids: list[int], n: int) -> set[int]:
+    """Tokens that would complete an n-gram already in ids (no_repeat_ngram_size)."""
+    if n < 1 or len(ids) < n:
+        return set()
+    if n == 1:
+        return set(ids)
+    prefix = tuple(ids[len(ids) - n + 1:])
+    return {ids[i + n - 1] for i in range(len(ids) - n + 1) if tuple(ids[i:i + n - 1]) == prefix}
+
+
+def banned_bad_words(ids: list[int], bad_words: list[list[int]]) -> set[int]:
+    """Last tokens of bad-word sequences whose other tokens end the row (HF's bad_words_ids)."""
+    return {w[-1] for w in bad_words if len(w) == 1 or ids[len(ids) - len(w) + 1:] == w[:-1]}
+
+
+def process_history(logprobs: torch.Tensor, ids: torch.Tensor, cfg: GenerationConfig,
+                    bad_words: list[list[int]]) -> torch.Tensor:
+    """The processors that depend on each row's tokens so far: repetition penalty, no-repeat n-grams, bad words."""
+    if cfg.repetition_penalty != 1.0:
+        logprobs = apply_repetition_penalty(logprobs, ids, cfg.repetition_penalty)
+    if cfg.no_repeat_ngram_size or bad_words:
+        logprobs = logprobs.clone()
+        for row, history in enumerate(ids.tolist()):
+            banned = banned_continuations(history, cfg.no_repeat_ngram_size) | banned_bad_words(history, bad_words)
+            if banned:
+                logprobs[row, list(banned)] = float("-inf")
+    return logprobs
+
+
 def choose_next(logprobs: torch.Tensor, cfg: GenerationConfig, generators: list[torch.Generator]) -> torch.Tensor:
-    """Pick the next token of every row: greedy when temperature is 0, else sample."""
+    """Pick the next token of every row: greedy when temperature is 0, else sample after the warpers."""
     if cfg.temperature == 0:
         return logprobs.argmax(-1)
     logits = apply_temperature(logprobs.float(), cfg.temperature)
@@ -71,6 +150,8 @@ def choose_next(logprobs: torch.Tensor, cfg: GenerationConfig, generators: list[
         logits = apply_top_k(logits, cfg.top_k)
     if cfg.top_p is not None:
         logits = apply_top_p(logits, cfg.top_p)
+    if cfg.min_p is not None:
+        logits = apply_min_p(logits, cfg.min_p)
     # Inverse-CDF sampling with one uniform draw per row from that row's generator.
     cdf = logits.softmax(-1).cumsum(-1)
     # right=True: the first token whose cumulative mass exceeds u, never one of probability 0.
@@ -86,24 +167,35 @@ def make_generators(cfg: GenerationConfig, n: int) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(seed + i) for i in range(n)]
 
 
-def generate_ids(model, prompt_ids: list[int], cfg: GenerationConfig, first_sequence: int = 0,
-                 batch: int | None = None) -> Iterator[torch.Tensor]:
-    """Yield the next token of each of `batch` sequences [B], step by step, using the model's cache.
+def model_device(model):
+    return next(iter(model.parameters()), torch.empty(0)).device if hasattr(model, "parameters") else "cpu"
 
-    Sequence i (counting from `first_sequence`) draws from generator seed + i.
+
+def sample_steps(model, prompt_ids: list[int], cfg: GenerationConfig, first_sequence: int = 0,
+                 batch: int | None = None, bad_words: list[list[int]] = ()) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (next token [B], its log-probability under the model [B]) of each of `batch` sequences, step by step.
+
+    Sequence i (counting from `first_sequence`) draws from generator seed + i. The log-probability is the
+    model's own, before any processor or warper (what scoring and the API's logprobs report).
     """
     cfg.validate()
     if not prompt_ids:
         raise LmlabError("the prompt is empty after tokenization; give a non-empty --prompt.")
     batch = batch or cfg.num_return_sequences
     generators = make_generators(cfg, first_sequence + batch)[first_sequence:]
-    device = next(iter(model.parameters()), torch.empty(0)).device if hasattr(model, "parameters") else "cpu"
-    ids = torch.tensor([prompt_ids] * batch, dtype=torch.long, device=device)
+    ids = torch.tensor([prompt_ids] * batch, dtype=torch.long, device=model_device(model))
     state = None
-    for _ in range(cfg.max_new_tokens):
+    for _ in range(cfg.new_tokens(len(prompt_ids))):
         logprobs, state = model.logprobs_next(ids, state)
-        next_ids = choose_next(logprobs, cfg, generators)
+        next_ids = choose_next(process_history(logprobs, ids, cfg, list(bad_words)), cfg, generators)
+        yield next_ids, logprobs.gather(1, next_ids[:, None])[:, 0]
         ids = torch.cat([ids, next_ids[:, None]], dim=1)
+
+
+def generate_ids(model, prompt_ids: list[int], cfg: GenerationConfig, first_sequence: int = 0,
+                 batch: int | None = None) -> Iterator[torch.Tensor]:
+    """Yield the next token of each of `batch` sequences [B], step by step, using the model's cache."""
+    for next_ids, _ in sample_steps(model, prompt_ids, cfg, first_sequence, batch):
         yield next_ids
 
 
@@ -118,27 +210,200 @@ def crop_prompt(model, prompt_ids: list[int], warn: bool = True) -> list[int]:
     return prompt_ids
 
 
+# --------------------------------------------------------------------------- text, stop strings
+
+class StopText:
+    """The text of one sequence as its tokens arrive, ending exactly where a stop string begins.
+
+    `add(id)` returns the text that is now certain: a tail that could be the start of a stop string is held
+    back until the next tokens decide, so a stream never shows part of a stop string.
+    """
+
+    def __init__(self, tokenizer, stop: list[str]):
+        from .tokenizer import StreamDecoder
+
+        self.decoder = StreamDecoder(tokenizer)
+        self.stop = list(stop)
+        self.text, self.emitted, self.stopped = "", 0, False
+
+    def add(self, token_id: int) -> str:
+        return self._extend(self.decoder.add(token_id))
+
+    def flush(self) -> str:
+        out = self._extend(self.decoder.flush()) if not self.stopped else ""
+        tail, self.emitted = self.text[self.emitted:], len(self.text)
+        return out + tail
+
+    def _extend(self, piece: str) -> str:
+        if self.stopped or not piece:
+            return ""
+        before = len(self.text)
+        self.text += piece
+        hits = [i for i in (self.text.find(s, max(0, before - len(s) + 1)) for s in self.stop) if i >= 0]
+        if hits:
+            self.text, self.stopped = self.text[:min(hits)], True
+            safe = len(self.text)
+        else:
+            safe = len(self.text) - self._held()
+        out, self.emitted = self.text[self.emitted:safe], max(self.emitted, safe)
+        return out
+
+    def _held(self) -> int:
+        """Length of the longest tail of the text that is a proper prefix of a stop string."""
+        longest = 0
+        for s in self.stop:
+            for k in range(min(len(s) - 1, len(self.text)), longest, -1):
+                if self.text.endswith(s[:k]):
+                    longest = k
+                    break
+        return longest
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]  # the tokens behind `text` (up to and including the one that completed a stop string)
+    logprobs: list[float]  # the model's natural-log probability of each of token_ids
+    finish_reason: str  # "stop" (a stop string or end-of-text) or "length"
+
+
+def encode_bad_words(tokenizer, cfg: GenerationConfig) -> list[list[int]]:
+    """Token sequences of the bad words, as they appear inside text (with and without a leading space)."""
+    out = []
+    for word in cfg.bad_words:
+        for variant in dict.fromkeys((word, " " + word)):
+            ids = tokenizer.encode(variant)
+            if ids and ids not in out:
+                out.append(ids)
+    return out
+
+
+def complete(model, tokenizer, prompt: str, cfg: GenerationConfig | None = None, **kwargs) -> list[Completion]:
+    """cfg.num_return_sequences continuations of `prompt` with their tokens, log-probabilities and finish reason."""
+    cfg = cfg or GenerationConfig(**kwargs)
+    cfg.validate()
+    prompt_ids = crop_prompt(model, tokenizer.encode(prompt), warn=False)
+    if cfg.num_beams > 1:
+        return beam_search(model, tokenizer, prompt_ids, cfg)
+    n = cfg.num_return_sequences
+    texts = [StopText(tokenizer, cfg.stop) for _ in range(n)]
+    ids, logprobs = [[] for _ in range(n)], [[] for _ in range(n)]
+    done = [False] * n
+    eot = getattr(tokenizer, "eot_id", None)
+    for next_ids, lps in sample_steps(model, prompt_ids, cfg, bad_words=encode_bad_words(tokenizer, cfg)):
+        for row, (token, lp) in enumerate(zip(next_ids.tolist(), lps.tolist())):
+            if done[row]:
+                continue
+            if token == eot:
+                done[row] = True
+                continue
+            ids[row].append(token)
+            logprobs[row].append(lp)
+            texts[row].add(token)
+            done[row] = texts[row].stopped
+        if all(done):
+            break
+    return [Completion(t.text if t.stopped else t.text + t.flush(), i, lp, "stop" if d else "length")
+            for t, i, lp, d in zip(texts, ids, logprobs, done)]
+
+
 def generate(model, tokenizer, prompt: str, cfg: GenerationConfig | None = None, **kwargs) -> list[str]:
     """Generate cfg.num_return_sequences continuations of `prompt` (batched); return their texts."""
-    cfg = cfg or GenerationConfig(**kwargs)
-    prompt_ids = crop_prompt(model, tokenizer.encode(prompt), warn=False)
-    steps = list(generate_ids(model, prompt_ids, cfg))
-    if not steps:
-        return [""] * cfg.num_return_sequences
-    new = torch.stack(steps, dim=1).tolist()
-    return [tokenizer.decode(row) for row in new]
+    return [c.text for c in complete(model, tokenizer, prompt, cfg, **kwargs)]
 
 
 def stream(model, tokenizer, prompt: str, cfg: GenerationConfig, sequence: int = 0) -> Iterator[str]:
     """Yield the text of one continuation piece by piece as tokens arrive (sequence index picks its seed)."""
-    from .tokenizer import StreamDecoder
-
+    if cfg.num_beams > 1:  # beam search knows its best sequence only at the end
+        yield complete(model, tokenizer, prompt, cfg)[sequence].text
+        return
     prompt_ids = crop_prompt(model, tokenizer.encode(prompt))
-    decoder = StreamDecoder(tokenizer)
-    for next_ids in generate_ids(model, prompt_ids, cfg, first_sequence=sequence, batch=1):
-        piece = decoder.add(int(next_ids[0]))
+    text = StopText(tokenizer, cfg.stop)
+    eot = getattr(tokenizer, "eot_id", None)
+    for next_ids, _ in sample_steps(model, prompt_ids, cfg, first_sequence=sequence, batch=1,
+                                    bad_words=encode_bad_words(tokenizer, cfg)):
+        token = int(next_ids[0])
+        if token == eot:
+            break
+        piece = text.add(token)
         if piece:
             yield piece
-    tail = decoder.flush()
+        if text.stopped:
+            return
+    tail = text.flush()
     if tail:
         yield tail
+
+
+# --------------------------------------------------------------------------- beam search
+
+def reorder(model, state, rows: torch.Tensor):
+    """The model's cache for the chosen beams (rows of the previous state); None makes the model recompute."""
+    if state is None or not hasattr(model, "reorder_state"):
+        return None
+    return model.reorder_state(state, rows)
+
+
+def beam_search(model, tokenizer, prompt_ids: list[int], cfg: GenerationConfig) -> list[Completion]:
+    """Beam search as Hugging Face runs it: 2 x num_beams candidates per step, hypotheses that reach
+    end-of-text are kept with score sum log p / length ** length_penalty; the best num_return_sequences return."""
+    if not prompt_ids:
+        raise LmlabError("the prompt is empty after tokenization; give a non-empty --prompt.")
+    device, k, eot = model_device(model), cfg.num_beams, getattr(tokenizer, "eot_id", None)
+    bad_words = encode_bad_words(tokenizer, cfg)
+    ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+    scores = torch.zeros(1, device=device)
+    token_lps: list[list[float]] = [[]]
+    finished: list[tuple[float, list[int], list[float], str]] = []  # (score, tokens, their log p, reason)
+    state, steps = None, cfg.new_tokens(len(prompt_ids))
+    norm = lambda total, length: total / max(length, 1) ** cfg.length_penalty
+    for step in range(steps):
+        logprobs, state = model.logprobs_next(ids, state)
+        processed = process_history(logprobs, ids, cfg, bad_words).float().log_softmax(-1)
+        candidates = (scores[:, None] + processed).view(-1)
+        top = torch.topk(candidates, min(2 * k, candidates.numel()))
+        rows, keep = [], []
+        V = processed.size(-1)
+        for total, flat in zip(top.values.tolist(), top.indices.tolist()):  # best first
+            row, token = divmod(flat, V)
+            if total == -math.inf:
+                break
+            lps = token_lps[row] + [float(logprobs[row, token])]
+            if token == eot:
+                finished.append((norm(total, step + 1), ids[row, len(prompt_ids):].tolist(), lps[:-1], "stop"))
+            else:
+                rows.append(row)
+                keep.append((token, total, lps))
+            if len(keep) == k:
+                break
+        if not keep or (cfg.early_stopping and len(finished) >= k) or _beams_done(finished, keep, k, step, norm):
+            break
+        index = torch.tensor(rows, device=device)
+        ids = torch.cat([ids[index], torch.tensor([[t] for t, _, _ in keep], device=device)], dim=1)
+        scores = torch.tensor([s for _, s, _ in keep], device=device)
+        token_lps = [lps for _, _, lps in keep]
+        state = reorder(model, state, index)
+    else:
+        keep = None
+    running = [(norm(float(s), len(lps)), ids[i, len(prompt_ids):].tolist(), lps, "length")
+               for i, (s, lps) in enumerate(zip(scores.tolist(), token_lps))] if keep is None else []
+    best = sorted(finished + running, key=lambda h: -h[0])[:cfg.num_return_sequences]
+    return [_beam_completion(tokenizer, cfg, token_ids, lps, reason) for _, token_ids, lps, reason in best]
+
+
+def _beam_completion(tokenizer, cfg, token_ids, lps, reason) -> Completion:
+    """A finished beam as text, cut at the first stop string (beam search applies them at the end)."""
+    text = StopText(tokenizer, cfg.stop)
+    for used, token in enumerate(token_ids, start=1):
+        text.add(token)
+        if text.stopped:
+            return Completion(text.text, token_ids[:used], lps[:used], "stop")
+    return Completion(text.text + text.flush(), token_ids, lps, reason)
+
+
+def _beams_done(finished, keep, k, step, norm) -> bool:
+    """HF's default stopping rule: k finished hypotheses, and no running beam can still beat the worst of them."""
+    if len(finished) < k:
+        return False
+    worst = sorted(h[0] for h in finished)[-k]
+    return max(norm(total, step + 1) for _, total, _ in keep) <= worst

@@ -141,6 +141,10 @@ class GPT(NeuralLM):
         h = self.hidden(ids[:, state.length:], state)
         return F.log_softmax(self.lm_head(h[:, -1]).float(), dim=-1), state
 
+    @staticmethod
+    def reorder_state(state: KVCache, rows: torch.Tensor) -> KVCache:
+        return state.select(rows)
+
     @torch.inference_mode()
     def token_logprobs(self, ids, stride: int | None = None, batch_size: int = 8) -> np.ndarray:
         """Natural-log probability of ids[1:], each given up to block_size previous tokens.

@@ -21,6 +21,12 @@ class KVCache:
         self.v = torch.empty(shape, dtype=dtype, device=device)
         self.length = 0  # positions filled so far (same for every row)
 
+    def select(self, rows: torch.Tensor) -> "KVCache":
+        """The cache of the given batch rows, in that order (beam search keeps the rows of its best beams)."""
+        out = KVCache.__new__(KVCache)
+        out.k, out.v, out.length = self.k.index_select(1, rows), self.v.index_select(1, rows), self.length
+        return out
+
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Store k, v [B, H, T_new, hs] after the cached positions; return all keys/values so far."""
         start, end = self.length, self.length + k.shape[2]

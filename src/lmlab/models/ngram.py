@@ -514,6 +514,10 @@ class NGramLM:
         out[:, BOS_ID] = -np.inf
         return torch.from_numpy(out.astype(np.float32)), state
 
+    @staticmethod
+    def reorder_state(state, rows):
+        return state  # no cache: every call looks at the last order-1 tokens
+
     def next_log10(self, context: Sequence[int]) -> np.ndarray:
         """log10 p(w | context) for every w; context = ids, most recent last (begin it with <s> at a sentence start)."""
         context = list(context)[-(self.order - 1):] if self.order > 1 else []

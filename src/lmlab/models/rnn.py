@@ -188,6 +188,13 @@ class RNNLM(NeuralLM):
             state = RNNState(hidden, T, logits[:, -1])
         return F.log_softmax(state.last.float(), dim=-1), state
 
+    @staticmethod
+    def reorder_state(state: RNNState, rows: torch.Tensor) -> RNNState:
+        """The state of the given batch rows (beam search keeps the rows of its best beams)."""
+        h = state.hidden
+        hidden = tuple(x.index_select(1, rows) for x in h) if isinstance(h, tuple) else h.index_select(1, rows)
+        return RNNState(hidden, state.length, state.last.index_select(0, rows))
+
     @torch.inference_mode()
     def token_logprobs(self, ids, stride: int | None = None, chunk: int = 1024) -> np.ndarray:
         """Natural-log probability of ids[1:], each given every previous token (hidden state carried in chunks).
