@@ -202,3 +202,17 @@ def test_generate_and_eval_an_rnn_run_through_the_shared_commands(tiny_lstm_run,
     result = json.loads(out)
     text = corpus.read_text(encoding="utf-8")
     assert result["tokens"] == len(text) - 1 and result["bits_per_byte"] < 5.0  # uniform over 65 chars: 6.02
+
+
+def test_long_texts_are_scored_in_parallel_streams():
+    """streams=k equals scoring each contiguous piece on its own; the default uses one stream per 4,096 tokens."""
+    model = small_model("lstm")
+    ids = np.random.default_rng(5).integers(0, 13, 9001)
+    one = model.token_logprobs(ids, streams=1, chunk=500)
+    four = model.token_logprobs(ids, streams=4, chunk=300)
+    assert four.shape == one.shape == (9000,)
+    bounds = np.linspace(0, 9000, 5).astype(int)
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        np.testing.assert_allclose(four[a:b], model.token_logprobs(ids[a:b + 1], streams=1), atol=1e-5)
+    np.testing.assert_allclose(four[:bounds[1]], one[:bounds[1]], atol=1e-5)  # the first piece is untouched
+    np.testing.assert_allclose(model.token_logprobs(ids), model.token_logprobs(ids, streams=2), atol=1e-6)

@@ -196,18 +196,31 @@ class RNNLM(NeuralLM):
         return RNNState(hidden, state.length, state.last.index_select(0, rows))
 
     @torch.inference_mode()
-    def token_logprobs(self, ids, stride: int | None = None, chunk: int = 1024) -> np.ndarray:
-        """Natural-log probability of ids[1:], each given every previous token (hidden state carried in chunks).
+    def token_logprobs(self, ids, stride: int | None = None, chunk: int = 1024, streams: int | None = None) -> np.ndarray:
+        """Natural-log probability of ids[1:], each given every previous token of its stream (state carried in chunks).
 
-        `stride` is accepted for interface parity with windowed models and ignored: nothing is cropped.
+        One stream runs at batch 1, where every step reads all the weights for one token (memory-bound). So a
+        long text is cut into `streams` contiguous pieces run side by side, as word_language_model's evaluation
+        batches the test set: default one stream per 4,096 tokens, at most 16. A piece after the first starts
+        from a zero state (its first token is context only), so 15 of 245k WikiText-2 test tokens lose their
+        history. streams=1 carries the state through the whole text. `stride` is accepted for interface parity
+        with windowed models and ignored.
         """
         ids = torch.as_tensor(np.asarray(ids, dtype=np.int64)).to(self.wte.weight.device)
         n = ids.numel()
-        out = np.empty(max(n - 1, 0), dtype=np.float64)
+        targets = max(n - 1, 0)
+        streams = max(1, min(streams or min(16, targets // 4096), max(targets, 1)))
+        bounds = np.linspace(0, targets, streams + 1).astype(int)  # stream s predicts ids[b_s + 1 : b_{s+1} + 1]
+        length = int(np.diff(bounds).max()) if targets else 0
+        x = torch.zeros(streams, length, dtype=torch.long, device=ids.device)
+        y = torch.zeros_like(x)
+        for s in range(streams):
+            a, b = bounds[s], bounds[s + 1]
+            x[s, :b - a], y[s, :b - a] = ids[a:b], ids[a + 1:b + 1]
+        lp = torch.empty(streams, length, dtype=torch.float64)
         hidden = None
-        for start in range(0, n - 1, chunk):
-            end = min(start + chunk, n - 1)
-            logits, hidden = self(ids[None, start:end], hidden)
-            lp = torch.log_softmax(logits[0].float(), dim=-1).gather(-1, ids[start + 1:end + 1, None])[:, 0]
-            out[start:end] = lp.double().cpu().numpy()
-        return out
+        for start in range(0, length, chunk):  # padding at the end of shorter streams comes after their tokens
+            logits, hidden = self(x[:, start:start + chunk], hidden)
+            picked = torch.log_softmax(logits.float(), dim=-1).gather(-1, y[:, start:start + chunk, None])[..., 0]
+            lp[:, start:start + chunk] = picked.double().cpu()
+        return np.concatenate([lp[s, :bounds[s + 1] - bounds[s]].numpy() for s in range(streams)])
