@@ -233,3 +233,15 @@ def test_more_generation_config_errors(tiny_model, kwargs, message):
     model, tok = tiny_model
     with pytest.raises(LmlabError, match=message.replace("(", r"\(").replace(")", r"\)")):
         generate(model, tok, "Hi", **kwargs)
+
+
+def test_held_back_text_is_returned_once_when_no_stop_string_follows(tiny_model):
+    model, tok = tiny_model
+    plain = generate(model, tok, "KING:", max_new_tokens=40, temperature=0.8, seed=9)[0]
+    # A stop string that starts like the text's end but never completes: the held tail must come back once.
+    cfg = GenerationConfig(max_new_tokens=40, temperature=0.8, seed=9, stop=[plain[-1] + "\x00"])
+    (c,) = complete(model, tok, "KING:", cfg)
+    assert c.text == plain and c.finish_reason == "length"
+    assert "".join(stream(model, tok, "KING:", cfg)) == plain
+    beams = complete(model, tok, "KING:", max_new_tokens=10, num_beams=2, stop=["\x00"])
+    assert beams[0].text == tok.decode(beams[0].token_ids)

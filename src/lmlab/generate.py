@@ -234,6 +234,11 @@ class StopText:
         tail, self.emitted = self.text[self.emitted:], len(self.text)
         return out + tail
 
+    def final(self) -> str:
+        """The whole text once the sequence has ended (flushes what the decoder and the stop check held)."""
+        self.flush()
+        return self.text
+
     def _extend(self, piece: str) -> str:
         if self.stopped or not piece:
             return ""
@@ -303,7 +308,7 @@ def complete(model, tokenizer, prompt: str, cfg: GenerationConfig | None = None,
             done[row] = texts[row].stopped
         if all(done):
             break
-    return [Completion(t.text if t.stopped else t.text + t.flush(), i, lp, "stop" if d else "length")
+    return [Completion(t.final(), i, lp, "stop" if d or t.stopped else "length")
             for t, i, lp, d in zip(texts, ids, logprobs, done)]
 
 
@@ -398,7 +403,7 @@ def _beam_completion(tokenizer, cfg, token_ids, lps, reason) -> Completion:
         text.add(token)
         if text.stopped:
             return Completion(text.text, token_ids[:used], lps[:used], "stop")
-    return Completion(text.text + text.flush(), token_ids, lps, reason)
+    return Completion(text.final(), token_ids, lps, "stop" if text.stopped else reason)
 
 
 def _beams_done(finished, keep, k, step, norm) -> bool:
