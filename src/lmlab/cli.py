@@ -150,6 +150,10 @@ def _add_generate(sub) -> None:
     p.add_argument("--early-stopping", action="store_true")
     p.add_argument("--num-return-sequences", type=int, default=1)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--draft", metavar="RUN_OR_ARPA", default=None,
+                   help="speculative decoding: a draft model (an n-gram, or a smaller run with the same tokenizer) "
+                        "proposes tokens the model verifies; the output distribution stays the model's")
+    p.add_argument("--num-draft-tokens", type=int, default=4, help="tokens the draft proposes per verification")
     p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
                    help="print tokens as they come (default) or each sequence when it is done")
     p.add_argument("--logprobs", action="store_true", help="after each sequence, print its tokens and log-probabilities")
@@ -159,7 +163,7 @@ def _add_generate(sub) -> None:
 
 def cmd_generate(args) -> None:
     from .checkpoint import load
-    from .generate import GenerationConfig, complete, stream
+    from .generate import GenerationConfig, SpeculativeStats, check_speculative, complete, load_draft, stream
     from .train import resolve_device
 
     cfg = GenerationConfig(
@@ -167,18 +171,23 @@ def cmd_generate(args) -> None:
         top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
         no_repeat_ngram_size=args.no_repeat_ngram_size, bad_words=args.bad_words, stop=args.stop,
         num_beams=args.num_beams, length_penalty=args.length_penalty, early_stopping=args.early_stopping,
-        num_return_sequences=args.num_return_sequences, seed=args.seed)
+        num_return_sequences=args.num_return_sequences, seed=args.seed, num_draft_tokens=args.num_draft_tokens)
     cfg.validate()
+    if args.draft:
+        check_speculative(cfg)
     model, tokenizer = load(args.run, device=str(resolve_device(args.device)))
+    draft = load_draft(args.draft, tokenizer) if args.draft else None
+    stats = SpeculativeStats()
     if not tokenizer.encode(args.prompt):  # unknown characters fail here, before the prompt is echoed
         raise LmlabError("the prompt is empty after tokenization; give a non-empty --prompt.")
     streaming = args.stream and cfg.num_beams == 1 and not args.logprobs
-    completions = None if streaming else complete(model, tokenizer, args.prompt, cfg)
+    completions = None if streaming else complete(model, tokenizer, args.prompt, cfg, draft=draft, stats=stats)
     for i in range(cfg.num_return_sequences):
         if cfg.num_return_sequences > 1:
             print(f"--- sample {i + 1} ---", flush=True)
         sys.stdout.write(args.prompt)
-        pieces = stream(model, tokenizer, args.prompt, cfg, sequence=i) if streaming else [completions[i].text]
+        pieces = (stream(model, tokenizer, args.prompt, cfg, sequence=i, draft=draft, stats=stats) if streaming
+                  else [completions[i].text])
         for piece in pieces:
             sys.stdout.write(piece)
             sys.stdout.flush()
@@ -189,6 +198,10 @@ def cmd_generate(args) -> None:
                 sys.stdout.write(f"{token}\t{tokenizer.decode([token])!r}\t{lp:.4f}\n")
             sys.stdout.write(f"total log p {sum(c.logprobs):.4f} over {len(c.logprobs)} tokens ({c.finish_reason})\n")
     sys.stdout.flush()
+    if draft is not None:
+        print(f"speculative decoding: accepted {stats.accepted:,} of {stats.drafted:,} draft tokens "
+              f"({stats.acceptance_rate:.0%}); {stats.tokens:,} tokens in {stats.target_calls:,} passes of the model",
+              file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- compare

@@ -37,6 +37,7 @@ class GenerationConfig:
     early_stopping: bool = False  # beam search ends once num_beams hypotheses are finished
     num_return_sequences: int = 1
     seed: int | None = None
+    num_draft_tokens: int = 4  # speculative decoding: tokens the draft model proposes per target pass
 
     def validate(self) -> None:
         if self.max_new_tokens < 0:
@@ -283,10 +284,17 @@ def encode_bad_words(tokenizer, cfg: GenerationConfig) -> list[list[int]]:
     return out
 
 
-def complete(model, tokenizer, prompt: str, cfg: GenerationConfig | None = None, **kwargs) -> list[Completion]:
-    """cfg.num_return_sequences continuations of `prompt` with their tokens, log-probabilities and finish reason."""
+def complete(model, tokenizer, prompt: str, cfg: GenerationConfig | None = None, *, draft=None,
+             stats: SpeculativeStats | None = None, **kwargs) -> list[Completion]:
+    """cfg.num_return_sequences continuations of `prompt` with their tokens, log-probabilities and finish reason.
+
+    With a `draft` model (load_draft: an n-gram or a smaller run sharing the tokenizer) decoding is speculative;
+    `stats` then counts drafted and accepted tokens.
+    """
     cfg = cfg or GenerationConfig(**kwargs)
     cfg.validate()
+    if draft is not None:
+        check_speculative(cfg)
     prompt_ids = crop_prompt(model, tokenizer.encode(prompt), warn=False)
     if cfg.num_beams > 1:
         return beam_search(model, tokenizer, prompt_ids, cfg)
@@ -295,7 +303,9 @@ def complete(model, tokenizer, prompt: str, cfg: GenerationConfig | None = None,
     ids, logprobs = [[] for _ in range(n)], [[] for _ in range(n)]
     done = [False] * n
     eot = getattr(tokenizer, "eot_id", None)
-    for next_ids, lps in sample_steps(model, prompt_ids, cfg, bad_words=encode_bad_words(tokenizer, cfg)):
+    steps = (speculative_steps(model, draft, prompt_ids, cfg, stats=stats) if draft is not None else
+             sample_steps(model, prompt_ids, cfg, bad_words=encode_bad_words(tokenizer, cfg)))
+    for next_ids, lps in steps:
         for row, (token, lp) in enumerate(zip(next_ids.tolist(), lps.tolist())):
             if done[row]:
                 continue
@@ -317,16 +327,22 @@ def generate(model, tokenizer, prompt: str, cfg: GenerationConfig | None = None,
     return [c.text for c in complete(model, tokenizer, prompt, cfg, **kwargs)]
 
 
-def stream(model, tokenizer, prompt: str, cfg: GenerationConfig, sequence: int = 0) -> Iterator[str]:
+def stream(model, tokenizer, prompt: str, cfg: GenerationConfig, sequence: int = 0, *, draft=None,
+           stats: SpeculativeStats | None = None) -> Iterator[str]:
     """Yield the text of one continuation piece by piece as tokens arrive (sequence index picks its seed)."""
+    if draft is not None:
+        check_speculative(cfg)
     if cfg.num_beams > 1:  # beam search knows its best sequence only at the end
         yield complete(model, tokenizer, prompt, cfg)[sequence].text
         return
     prompt_ids = crop_prompt(model, tokenizer.encode(prompt))
     text = StopText(tokenizer, cfg.stop)
     eot = getattr(tokenizer, "eot_id", None)
-    for next_ids, _ in sample_steps(model, prompt_ids, cfg, first_sequence=sequence, batch=1,
-                                    bad_words=encode_bad_words(tokenizer, cfg)):
+    steps = (speculative_steps(model, draft, prompt_ids, cfg, first_sequence=sequence, batch=1, stats=stats)
+             if draft is not None else
+             sample_steps(model, prompt_ids, cfg, first_sequence=sequence, batch=1,
+                          bad_words=encode_bad_words(tokenizer, cfg)))
+    for next_ids, _ in steps:
         token = int(next_ids[0])
         if token == eot:
             break
@@ -412,3 +428,157 @@ def _beams_done(finished, keep, k, step, norm) -> bool:
         return False
     worst = sorted(h[0] for h in finished)[-k]
     return max(norm(total, step + 1) for _, total, _ in keep) <= worst
+
+
+# --------------------------------------------------------------------------- speculative decoding
+
+@dataclass
+class SpeculativeStats:
+    """How a speculative run went: draft tokens proposed and accepted, target forward passes."""
+    drafted: int = 0
+    accepted: int = 0
+    target_calls: int = 0
+    tokens: int = 0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+
+def check_speculative(cfg: GenerationConfig) -> None:
+    if cfg.num_beams > 1:
+        raise LmlabError("speculative decoding (a draft model) works with greedy decoding and sampling, "
+                         "not with beam search; drop --draft or --num-beams.")
+    if cfg.repetition_penalty != 1.0 or cfg.no_repeat_ngram_size or cfg.bad_words:
+        raise LmlabError("speculative decoding supports temperature, top-k, top-p and min-p; drop the "
+                         "repetition penalty, no-repeat-ngram-size and bad words, or the draft model.")
+    if cfg.num_draft_tokens < 1:
+        raise LmlabError(f"num_draft_tokens must be >= 1, got {cfg.num_draft_tokens}.")
+
+
+def warped_probs(logprobs: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
+    """The distribution sampling draws from: temperature, then top-k, top-p, min-p, softmax."""
+    logits = apply_temperature(logprobs.float(), cfg.temperature)
+    if cfg.top_k is not None:
+        logits = apply_top_k(logits, cfg.top_k)
+    if cfg.top_p is not None:
+        logits = apply_top_p(logits, cfg.top_p)
+    if cfg.min_p is not None:
+        logits = apply_min_p(logits, cfg.min_p)
+    return logits.softmax(-1)
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator) -> int:
+    """One token from a probability vector by inverse CDF (one uniform draw, never a token of probability 0)."""
+    cdf = probs.cumsum(-1)
+    u = torch.rand((), generator=generator).to(cdf.device) * cdf[-1]
+    return int(torch.searchsorted(cdf, u[None], right=True).clamp_(max=cdf.numel() - 1))
+
+
+def logprobs_last(model, ids: torch.Tensor, state, n: int):
+    """The model's next-token log-probabilities after each of the last n prefixes of ids: [B, n, V].
+    One forward pass when the model has `logprobs_last` (GPT), else n cached calls of logprobs_next."""
+    if hasattr(model, "logprobs_last"):
+        return model.logprobs_last(ids, state, n)
+    out = []
+    for end in range(ids.shape[1] - n + 1, ids.shape[1] + 1):
+        logprobs, state = model.logprobs_next(ids[:, :end], state)
+        out.append(logprobs)
+    return torch.stack(out, dim=1), state
+
+
+def rollback(model, state, length: int):
+    """The model's cache cut back to the first `length` tokens; None (recompute) when it cannot be cut."""
+    if state is None or not hasattr(model, "rollback_state"):
+        return None
+    return model.rollback_state(state, length)
+
+
+def speculate(model, draft, prompt_ids: list[int], cfg: GenerationConfig, generator: torch.Generator,
+              limit: int, stats: SpeculativeStats) -> Iterator[tuple[int, float]]:
+    """Up to `limit` tokens of one sequence, each with the target's log-probability, by speculative sampling
+    (Leviathan et al. 2023, Algorithm 1; Chen et al. 2023): the draft proposes k tokens x_i ~ q_i, the target
+    scores all k + 1 positions in one pass, x_i is kept with probability min(1, p_i(x_i) / q_i(x_i)); the first
+    rejected one is replaced by a draw from norm(max(0, p_i - q_i)), and when all k are kept one more token comes
+    from p_{k+1}. Every token is then distributed exactly as the target's (warped) p; greedy keeps the draft's
+    tokens while they are the target's argmax, so its output is the target's greedy output."""
+    greedy = cfg.temperature == 0
+    device, draft_device = model_device(model), model_device(draft)
+    ids, state, draft_state, produced = list(prompt_ids), None, None, 0
+    while produced < limit:
+        k = min(cfg.num_draft_tokens, limit - produced - 1)  # a round yields up to k + 1 tokens
+        proposal, q = [], []
+        for _ in range(k):
+            logprobs, draft_state = draft.logprobs_next(torch.tensor([ids + proposal], device=draft_device),
+                                                        draft_state)
+            q.append(logprobs[0] if greedy else warped_probs(logprobs[0], cfg))
+            proposal.append(int(q[-1].argmax()) if greedy else draw(q[-1], generator))
+        target, state = logprobs_last(model, torch.tensor([ids + proposal], device=device), state, k + 1)
+        target = target[0]
+        stats.target_calls += 1
+        out, accepted = [], 0
+        for i, token in enumerate(proposal):
+            if greedy:
+                keep = int(target[i].argmax()) == token
+            else:
+                p = warped_probs(target[i], cfg).to(q[i].device)
+                keep = float(torch.rand((), generator=generator)) * float(q[i][token]) < float(p[token])
+            if keep:
+                out.append(token)
+                accepted += 1
+                continue
+            if greedy:
+                out.append(int(target[i].argmax()))
+            else:  # resample from the part of p that q under-proposes
+                residual = (p - q[i]).clamp_(min=0)
+                out.append(draw(residual if float(residual.sum()) > 0 else p, generator))
+            break
+        else:  # every draft token kept: one more from the target's last position
+            out.append(int(target[k].argmax()) if greedy else draw(warped_probs(target[k], cfg), generator))
+        stats.drafted += k
+        stats.accepted += accepted
+        state = rollback(model, state, len(ids) + accepted)
+        draft_state = rollback(draft, draft_state, len(ids) + accepted)
+        for i, token in enumerate(out):
+            stats.tokens += 1
+            yield token, float(target[i, token])
+        ids += out
+        produced += len(out)
+
+
+def speculative_steps(model, draft, prompt_ids: list[int], cfg: GenerationConfig, first_sequence: int = 0,
+                      batch: int | None = None, stats: SpeculativeStats | None = None
+                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """sample_steps with a draft model: yield (next token [B], its log-probability [B]) step by step.
+    Each sequence speculates on its own (sequences accept different numbers of draft tokens per round)."""
+    cfg.validate()
+    check_speculative(cfg)
+    if not prompt_ids:
+        raise LmlabError("the prompt is empty after tokenization; give a non-empty --prompt.")
+    sizes = [getattr(m, "vocab_size", None) or m.cfg.vocab_size for m in (model, draft)]
+    if sizes[0] != sizes[1]:
+        raise LmlabError(f"the draft model has {sizes[1]} tokens and the model {sizes[0]}; "
+                         "a draft must share the model's tokenizer.")
+    batch = batch or cfg.num_return_sequences
+    stats = stats if stats is not None else SpeculativeStats()
+    limit = cfg.new_tokens(len(prompt_ids))
+    generators = make_generators(cfg, first_sequence + batch)[first_sequence:]
+    rows = [speculate(model, draft, prompt_ids, cfg, g, limit, stats) for g in generators]
+    for _ in range(limit):
+        pairs = [next(row) for row in rows]
+        yield torch.tensor([t for t, _ in pairs]), torch.tensor([lp for _, lp in pairs])
+
+
+def load_draft(path, tokenizer):
+    """A draft model for a run with this tokenizer: an n-gram file (.arpa / .npz, seen through the run's
+    tokenizer) or another run directory with the same tokenizer."""
+    from .checkpoint import is_ngram_file, load
+
+    if is_ngram_file(path):
+        from .models.ngram import load_ngram
+
+        return load_ngram(path).over_tokenizer(tokenizer)
+    draft, draft_tokenizer = load(path)
+    if draft_tokenizer.to_str() != tokenizer.to_str():
+        raise LmlabError(f"the draft model {path} has another tokenizer than the model; a draft must share it.")
+    return draft

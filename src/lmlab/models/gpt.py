@@ -146,6 +146,29 @@ class GPT(NeuralLM):
         return state.select(rows)
 
     @torch.inference_mode()
+    def logprobs_last(self, ids: torch.Tensor, state: KVCache | None, n: int):
+        """Log-probabilities [B, n, V] of the token after each of the last n prefixes of ids [B, T]
+        (ids[:, :T-n+1] ... ids[:, :T]) in one forward pass: speculative decoding's verification step.
+
+        The cache must hold a prefix of ids; positions it holds past T - n are recomputed. Past block_size
+        each prefix is cropped to its own last block_size tokens, as logprobs_next does, one pass each.
+        """
+        B, T = ids.shape
+        if T > self.cfg.block_size:
+            rows = [self.logprobs_next(ids[:, :end])[0] for end in range(T - n + 1, T + 1)]
+            return torch.stack(rows, dim=1), None
+        if state is None or state.k.shape[1] != B:
+            state = self.new_cache(B)
+        state.truncate(T - n)
+        h = self.hidden(ids[:, state.length:], state)
+        return F.log_softmax(self.lm_head(h[:, -n:]).float(), dim=-1), state
+
+    @staticmethod
+    def rollback_state(state: KVCache | None, length: int) -> KVCache | None:
+        """The cache of the first `length` positions (what is left after rejected draft tokens)."""
+        return None if state is None else state.truncate(length)
+
+    @torch.inference_mode()
     def token_logprobs(self, ids, stride: int | None = None, batch_size: int = 8) -> np.ndarray:
         """Natural-log probability of ids[1:], each given up to block_size previous tokens.
 

@@ -27,6 +27,12 @@ class KVCache:
         out.k, out.v, out.length = self.k.index_select(1, rows), self.v.index_select(1, rows), self.length
         return out
 
+    def truncate(self, length: int) -> "KVCache":
+        """Forget positions from `length` on (speculative decoding drops the keys of rejected draft tokens);
+        their slots are simply overwritten by the next append."""
+        self.length = min(self.length, length)
+        return self
+
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Store k, v [B, H, T_new, hs] after the cached positions; return all keys/values so far."""
         start, end = self.length, self.length + k.shape[2]
