@@ -19,8 +19,9 @@ def _add_prepare(sub) -> None:
                        description="Tokenize a text file or a directory of text files into train.bin / val.bin "
                                    "(numpy uint16/uint32), tokenizer.json and meta.json.")
     p.add_argument("source", help="text file or directory")
-    p.add_argument("--tokenizer", choices=["char", "byte", "word", "bpe"], default="char",
-                   help="word: whitespace-separated words + newline, unseen words -> <unk>")
+    p.add_argument("--tokenizer", default="char", metavar="char|byte|word|bpe|TOKENIZER",
+                   help="word: whitespace-separated words + newline, unseen words -> <unk>; or an existing "
+                        "tokenizer.json / run directory to reuse (e.g. to fine-tune that run with train --init)")
     p.add_argument("--vocab-size", type=int, default=None,
                    help="BPE vocabulary size (e.g. 4096); for word, an optional maximum (most frequent words)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="last fraction of the text kept for validation")
@@ -32,7 +33,18 @@ def _add_prepare(sub) -> None:
 def cmd_prepare(args) -> None:
     from .data import prepare
 
-    meta = prepare(args.source, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+    tokenizer = args.tokenizer
+    if tokenizer not in ("char", "byte", "word", "bpe"):
+        from .tokenizer import load_tokenizer
+
+        if not Path(tokenizer).exists():
+            raise LmlabError(f"--tokenizer {tokenizer!r} is neither char, byte, word, bpe nor an existing "
+                             "tokenizer.json or run directory.")
+        if args.vocab_size is not None:
+            raise LmlabError("--vocab-size builds a new tokenizer; leave it out when reusing one with "
+                             "--tokenizer PATH.")
+        tokenizer = load_tokenizer(tokenizer)
+    meta = prepare(args.source, args.out, tokenizer=tokenizer, vocab_size=args.vocab_size,
                    val_fraction=args.val_fraction, progress=not args.quiet)
     print(f"wrote {args.out}: vocab {meta['vocab_size']}, train {meta['train']['tokens']:,} tokens, "
           f"val {meta['val']['tokens']:,} tokens ({meta['dtype']})")
@@ -47,14 +59,19 @@ def _add_train(sub) -> None:
     p.add_argument("--config", help="YAML config file (see configs/)")
     p.add_argument("--out", help="run directory (default: runs/<config name>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--init", metavar="RUN_DIR",
+                   help="fine-tune: a new run starting from this run's weights and architecture (e.g. one made by "
+                        "lmlab convert); prepare its data with `lmlab prepare --tokenizer RUN_DIR`")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train, accepts_overrides=True)
 
 
 def cmd_train(args) -> None:
     from .config import load_config
-    from .train import resume_config, train
+    from .train import init_config, resume_config, train
 
+    if args.resume and args.init:
+        raise LmlabError("--init starts a new run and --resume continues one; give only one of them.")
     if args.resume:
         from .checkpoint import check_resumable
 
@@ -63,9 +80,12 @@ def cmd_train(args) -> None:
     else:
         if not args.config:
             raise LmlabError("lmlab train needs --config FILE (see configs/) or --resume RUN_DIR.")
-        cfg = load_config(args.config, args.overrides)
+        if args.init:
+            cfg = init_config(args.init, args.config, args.overrides)
+        else:
+            cfg = load_config(args.config, args.overrides)
         run_dir = Path(args.out or Path("runs") / Path(args.config).stem)
-    summary = train(cfg, run_dir, resume=bool(args.resume), progress=not args.quiet)
+    summary = train(cfg, run_dir, resume=bool(args.resume), progress=not args.quiet, init=args.init)
     print(f"done: step {summary['step']}, best val loss {summary['best_val_loss']:.4f}, "
           f"{summary['tokens_per_sec']:,.0f} tokens/s; run saved in {run_dir} (loss curve: {run_dir / 'loss.png'})")
 

@@ -281,16 +281,25 @@ class Trainer:
 
 
 
-def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
-    """Build the model and data of `cfg` and train them into `run_dir` (or continue that run)."""
+def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = True,
+          init: str | Path | None = None) -> dict:
+    """Build the model and data of `cfg` and train them into `run_dir` (or continue that run).
+
+    `init` names a run (one `lmlab convert` imported, say) whose weights the new model starts from; its
+    config comes from `init_config`, and the data must have been prepared with that run's tokenizer.
+    """
     from .data import read_meta
     from .models import build_model, model_class
 
     run_dir = Path(run_dir)
+    if resume and init is not None:
+        raise LmlabError("--init starts a new run and --resume continues one; give only one of them.")
     if not resume and (run_dir / STATE).exists():
         raise LmlabError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                          "or choose another --out.")
     meta = read_meta(cfg.data.dir)
+    if init is not None:
+        check_same_tokenizer(cfg.data.dir, init)
     if cfg.model.vocab_size == 0:
         cfg.model.vocab_size = meta["vocab_size"]
     elif cfg.model.vocab_size < meta["vocab_size"]:
@@ -304,6 +313,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
     data.split("train"), data.split("val")  # fail on too-short splits before anything is written
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)
+    if init is not None:
+        load_init_weights(model, init)
     trainer = Trainer(model, data, cfg, run_dir, tokenizer_path=Path(cfg.data.dir) / "tokenizer.json",
                       progress=progress)
     if resume:
@@ -324,3 +335,68 @@ def resume_config(run_dir: str | Path, overrides: dict[str, str] | None = None) 
         raise LmlabError(f"{run_dir} is not a resumable run (no config.yaml and {STATE}); "
                          "--resume takes a run directory written by `lmlab train`.")
     return load_config(run_dir / "config.yaml", overrides)
+
+
+# ---------------------------------------------------------------------------------- --init (fine-tuning)
+
+INIT_FREE = ("dropout",)  # model settings a fine-tune may change; everything else is the init run's architecture
+
+
+def init_config(init_run: str | Path, config_path: str | Path | None = None,
+                overrides: dict[str, str] | None = None) -> Config:
+    """The config of a new run that starts from `init_run`: its model config, the data and train sections of
+    `config_path` and the overrides. Model values that contradict the run's architecture are refused; dropout
+    may change, and block_size may shrink (learned positions are cropped)."""
+    import dataclasses
+
+    from .checkpoint import is_run_dir, load_model_config
+    from .config import build_dataclass, load_config, read_yaml
+
+    run = Path(init_run)
+    if not is_run_dir(run):
+        raise LmlabError(f"{run} is not a run directory (no config.json and model.safetensors); --init takes a run "
+                         "written by `lmlab train` or `lmlab convert`.")
+    base = load_model_config(run)
+    raw = read_yaml(config_path) if config_path is not None else {}
+    asked = dict(raw.get("model") or {})
+    asked.update({k.removeprefix("model."): v for k, v in (overrides or {}).items() if k.startswith("model.")})
+    requested = build_dataclass(type(base), asked, "model")  # unknown keys and bad types fail here
+    model = dataclasses.asdict(base)
+    for key in asked:
+        value, have = getattr(requested, key), model[key]
+        if key in INIT_FREE or (key == "block_size" and (value <= have or base.family != "gpt")):
+            model[key] = value
+        elif value != have and not (key == "vocab_size" and value == 0):
+            show = lambda v: str(v).lower() if isinstance(v, bool) else v  # noqa: E731 (as YAML writes it)
+            raise LmlabError(f"model.{key} {show(value)} conflicts with {run}, whose model has {key} {show(have)}; "
+                             f"--init takes the architecture from the run, so drop model.{key} from the config "
+                             "and overrides.")
+    rest = {k: v for k, v in (overrides or {}).items() if not k.startswith("model.")}
+    sections = {"model": model, "data": raw.get("data") or {}, "train": raw.get("train") or {}}
+    return load_config(None, rest, base=sections)
+
+
+def check_same_tokenizer(data_dir: str | Path, init_run: str | Path) -> None:
+    """The data must be token ids of the init run's tokenizer."""
+    from .files import read_json
+
+    data_tok, run_tok = Path(data_dir) / "tokenizer.json", Path(init_run) / "tokenizer.json"
+    for path in (data_tok, run_tok):
+        if not path.is_file():
+            raise LmlabError(f"{path} does not exist; --init needs the run's tokenizer and data prepared with it.")
+    if read_json(data_tok) != read_json(run_tok):
+        raise LmlabError(f"{data_dir} was prepared with another tokenizer than {init_run}'s; prepare the text "
+                         f"again with `lmlab prepare SOURCE --tokenizer {init_run} --out DIR`.")
+
+
+def load_init_weights(model: torch.nn.Module, init_run: str | Path) -> None:
+    """The init run's best weights (else its latest) into `model`; learned positions cropped to its block_size."""
+    from .checkpoint import read_weights
+
+    run = Path(init_run)
+    path = run / BEST if (run / BEST).is_file() else run / WEIGHTS
+    tensors, _ = read_weights(path)
+    block = getattr(model.cfg, "block_size", None)
+    if "wpe.weight" in tensors and block is not None and tensors["wpe.weight"].shape[0] > block:
+        tensors["wpe.weight"] = tensors["wpe.weight"][:block].contiguous()
+    load_state_into(model, tensors, path)
