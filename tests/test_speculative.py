@@ -154,3 +154,16 @@ def test_cli_generate_with_a_draft(tiny_run, tiny_model, corpus, tmp_path, capsy
     assert code == 2 and "beam search" in err and "Traceback" not in err
     code, _, err = run_main(args + ["--draft", tmp_path / "nothing.arpa"], capsys)
     assert code == 2 and "does not exist" in err
+
+
+@pytest.mark.parametrize("length", [20, 31, 33, 36, 60])
+def test_logprobs_last_equals_one_call_per_prefix(tiny_model, length):
+    """The verification pass, with a cache, without one, and across block_size (32) where windows are cropped."""
+    model, tok = tiny_model
+    ids = torch.tensor([tok.encode("First Citizen:\nBefore we proceed any further, hear me speak.")[:length]])
+    for n in (1, 3, 6):
+        want = torch.stack([model.logprobs_next(ids[:, :end])[0] for end in range(length - n + 1, length + 1)], 1)
+        cache = model.logprobs_next(ids[:, :length - n - 2])[1] if length - n - 2 <= 32 else None
+        for state in (None, cache):
+            got, _ = model.logprobs_last(ids, state, n)
+            assert torch.allclose(got, want, atol=1e-5)

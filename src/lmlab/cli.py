@@ -321,6 +321,49 @@ def cmd_ngram_query(args) -> None:
         sys.stdout.write(line)
 
 
+# --------------------------------------------------------------------------- convert
+
+CONVERT_FORMATS = ("hf-gpt2",)
+
+
+def _add_convert(sub) -> None:
+    p = sub.add_parser("convert", help="import / export Hugging Face GPT-2 checkpoints",
+                       description="lmlab convert --from hf-gpt2 HF_DIR --out RUN reads a Hugging Face GPT-2 "
+                                   "directory into an lmlab run; lmlab convert RUN --to hf-gpt2 HF_DIR writes a run "
+                                   "that transformers' GPT2LMHeadModel.from_pretrained loads.")
+    p.add_argument("source", help="Hugging Face directory (with --from) or lmlab run directory (with --to)")
+    p.add_argument("--from", dest="from_format", metavar="FORMAT", help="import: hf-gpt2")
+    p.add_argument("--to", nargs="+", metavar=("FORMAT", "DIR"), help="export: hf-gpt2 and the output directory")
+    p.add_argument("--out", help="output directory (a run for --from; the HF directory for --to, if not after it)")
+    p.set_defaults(func=cmd_convert)
+
+
+def cmd_convert(args) -> None:
+    if bool(args.from_format) == bool(args.to):
+        raise LmlabError("lmlab convert needs either --from hf-gpt2 HF_DIR --out RUN or RUN --to hf-gpt2 HF_DIR.")
+    fmt = args.from_format or args.to[0]
+    if fmt not in CONVERT_FORMATS:
+        raise LmlabError(f"unknown format {fmt!r}; lmlab convert knows {', '.join(CONVERT_FORMATS)}.")
+    if args.to and len(args.to) > 2:
+        raise LmlabError("--to takes a format and one output directory, e.g. --to hf-gpt2 DIR.")
+    out = args.to[1] if args.to and len(args.to) == 2 else args.out
+    if not out:
+        raise LmlabError("lmlab convert needs an output directory: --out DIR (or --to hf-gpt2 DIR).")
+    from .hf import export_hf_gpt2, import_hf_gpt2
+
+    if args.from_format:
+        info = import_hf_gpt2(args.source, out)
+        c = info["config"]
+        eot = f", end-of-text id {info['eot_id']}" if info["eot_id"] is not None else ""
+        print(f"wrote {out}: GPT-2 {c.n_layer}x{c.n_embd}, {c.n_head} heads, context {c.block_size}, "
+              f"vocab {c.vocab_size}, {info['parameters']:,} parameters, {info['tokenizer']} tokenizer{eot}")
+    else:
+        info = export_hf_gpt2(args.source, out)
+        note = "" if info["hf_tokenizer"] else (f"; its {info['tokenizer']} tokenizer.json is lmlab's format, "
+                                                "which Hugging Face tokenizers cannot read")
+        print(f"wrote {out}: config.json, model.safetensors, tokenizer.json for GPT2LMHeadModel{note}")
+
+
 # --------------------------------------------------------------------------- demo
 
 def _add_demo(sub) -> None:
@@ -342,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmlab", description="Build, train, evaluate and sample language models.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for add in (_add_prepare, _add_train, _add_eval, _add_generate, _add_compare, _add_ngram, _add_demo):
+    for add in (_add_prepare, _add_train, _add_eval, _add_generate, _add_compare, _add_ngram, _add_convert,
+                _add_demo):
         add(sub)
     return parser
 

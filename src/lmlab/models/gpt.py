@@ -151,12 +151,19 @@ class GPT(NeuralLM):
         (ids[:, :T-n+1] ... ids[:, :T]) in one forward pass: speculative decoding's verification step.
 
         The cache must hold a prefix of ids; positions it holds past T - n are recomputed. Past block_size
-        each prefix is cropped to its own last block_size tokens, as logprobs_next does, one pass each.
+        each prefix is cropped to its own last block_size tokens, as logprobs_next does: the n windows then
+        run side by side as one batch (no cache is kept).
         """
         B, T = ids.shape
-        if T > self.cfg.block_size:
-            rows = [self.logprobs_next(ids[:, :end])[0] for end in range(T - n + 1, T + 1)]
-            return torch.stack(rows, dim=1), None
+        block = self.cfg.block_size
+        if T > block:
+            first = max(0, T - n + 1 - block)  # windows ids[:, s:s + block] for s = first .. T - block
+            windows = ids.unfold(1, block, 1)[:, first:]
+            m = windows.shape[1]
+            h = self.hidden(windows.reshape(B * m, block)).view(B, m, block, -1)
+            short = block - (T - n + 1)  # prefixes shorter than block: positions of the first window (s = 0)
+            h = torch.cat([h[:, 0, block - 1 - short:block - 1], h[:, :, -1]], dim=1) if short > 0 else h[:, :, -1]
+            return F.log_softmax(self.lm_head(h).float(), dim=-1), None
         if state is None or state.k.shape[1] != B:
             state = self.new_cache(B)
         state.truncate(T - n)
