@@ -1,13 +1,14 @@
 """Sampling: greedy, seeds, batching, top-k / top-p / temperature rules, prompt cropping, streaming."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from lmlab.errors import LmlabError
 from lmlab.generate import (GenerationConfig, StopText, apply_min_p, apply_repetition_penalty, apply_top_k,
-                            apply_top_p, banned_bad_words, banned_continuations, choose_next, complete, generate,
-                            generate_ids, make_generators, stream)
+                            apply_top_p, banned_bad_words, banned_continuations, choose_next, complete, complete_batch,
+                            generate, generate_ids, make_generators, sample_steps, stream)
 
 
 def greedy_by_hand(model, ids: list[int], n: int) -> list[int]:
@@ -245,3 +246,65 @@ def test_held_back_text_is_returned_once_when_no_stop_string_follows(tiny_model)
     assert "".join(stream(model, tok, "KING:", cfg)) == plain
     beams = complete(model, tok, "KING:", max_new_tokens=10, num_beams=2, stop=["\x00"])
     assert beams[0].text == tok.decode(beams[0].token_ids)
+
+
+# ----------------------------------------------------------------------------------- prompts of different lengths
+
+PROMPTS = ["ROMEO:", "First Citizen:\nBefore we", "K", "All the world's a stage, and all the men and"]
+
+
+def test_batched_prompts_decode_as_each_alone_gpt(tiny_model):
+    """Left padding + key mask + per-row positions: each row of the batch computes what its prompt gives alone,
+    also past block_size (the longest prompt is cropped to it, then the context is cropped on the way)."""
+    model, tok = tiny_model
+    greedy = GenerationConfig(max_new_tokens=40, temperature=0)
+    batched = complete_batch(model, tok, PROMPTS, greedy)
+    for prompt, (c,) in zip(PROMPTS, batched):
+        (alone,) = complete(model, tok, prompt, greedy)
+        assert c.token_ids == alone.token_ids
+        assert c.logprobs == pytest.approx(alone.logprobs, abs=1e-5)
+    # The whole next-token distribution of every row, through the cache, step after step.
+    rows = [tok.encode(p)[-model.block_size:] for p in PROMPTS[:3]]
+    steps = list(sample_steps(model, rows, GenerationConfig(max_new_tokens=8, temperature=0)))
+    for row, ids in enumerate(rows):
+        ids = ids + [int(t[row]) for t, _ in steps]
+        want = model.token_logprobs(ids)[len(rows[row]) - 1:]
+        assert [float(lp[row]) for _, lp in steps] == pytest.approx(want.tolist(), abs=1e-5)
+    # Sampling, two sequences per prompt: sequence i of every prompt draws from seed + i, batched or alone.
+    cfg = GenerationConfig(max_new_tokens=30, temperature=0.9, top_k=20, num_return_sequences=2, seed=7)
+    assert generate(model, tok, PROMPTS, cfg) == [generate(model, tok, p, cfg) for p in PROMPTS]
+
+
+def test_batched_prompts_decode_as_each_alone_rnn_and_ngram(tiny_lstm_run):
+    import lmlab
+    from lmlab.models.ngram import NGramLM
+
+    lstm, tok = lmlab.load(tiny_lstm_run["run"])
+    cfg = GenerationConfig(max_new_tokens=30, temperature=0, no_repeat_ngram_size=4)
+    for prompt, (c,) in zip(PROMPTS, complete_batch(lstm, tok, PROMPTS, cfg)):
+        (alone,) = complete(lstm, tok, prompt, cfg)
+        assert c.token_ids == alone.token_ids and c.logprobs == pytest.approx(alone.logprobs, abs=1e-5)
+    lines = (Path(__file__).resolve().parents[1] / "data" / "tinyshakespeare.txt").read_text().split("\n")[:500]
+    ngram = NGramLM.train(lines, order=3, tokenizer="char", progress=False)
+    rows = [ngram.encode(p) for p in ("KING", "To be, or not")]
+    for sampling in (GenerationConfig(max_new_tokens=20, temperature=0),
+                     GenerationConfig(max_new_tokens=20, temperature=1.0, seed=3, repetition_penalty=1.3)):
+        batched = list(sample_steps(ngram, rows, sampling))
+        for row, ids in enumerate(rows):
+            alone = list(sample_steps(ngram, ids, sampling))
+            assert [int(t[row]) for t, _ in batched] == [int(t[0]) for t, _ in alone]
+            assert [float(lp[row]) for _, lp in batched] == pytest.approx([float(lp[0]) for _, lp in alone], abs=1e-6)
+
+
+def test_batched_prompts_bad_input(tiny_model):
+    model, tok = tiny_model
+    with pytest.raises(LmlabError, match="prompt 2 of 3 is empty after tokenization"):
+        complete_batch(model, tok, ["Hi", "", "Ho"], max_new_tokens=3)
+    with pytest.raises(LmlabError, match="non-empty list of prompt strings"):
+        complete_batch(model, tok, [], max_new_tokens=3)
+    with pytest.raises(LmlabError, match="non-empty list of prompt strings"):
+        complete_batch(model, tok, "Hi", max_new_tokens=3)
+    with pytest.raises(LmlabError, match="prompt 1 of 1 is a int, not a string"):
+        complete_batch(model, tok, [5], max_new_tokens=3)
+    with pytest.raises(LmlabError, match="every row needs a real token"):
+        model.logprobs_next(torch.tensor([[1, 2], [3, 4]]), None, pad=torch.tensor([0, 2]))

@@ -9,6 +9,7 @@ the end-of-text token ends it too.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import secrets
 import sys
@@ -129,13 +130,18 @@ def banned_bad_words(ids: list[int], bad_words: list[list[int]]) -> set[int]:
 
 
 def process_history(logprobs: torch.Tensor, ids: torch.Tensor, cfg: GenerationConfig,
-                    bad_words: list[list[int]]) -> torch.Tensor:
-    """The processors that depend on each row's tokens so far: repetition penalty, no-repeat n-grams, bad words."""
+                    bad_words: list[list[int]], pad: list[int] | None = None) -> torch.Tensor:
+    """The processors that depend on each row's tokens so far: repetition penalty, no-repeat n-grams, bad words.
+
+    `pad`: left padding of each row (its first pad[row] ids are not history). Padding repeats the row's first
+    token, so the repetition penalty, which only asks whether a token occurs, needs no special case.
+    """
     if cfg.repetition_penalty != 1.0:
         logprobs = apply_repetition_penalty(logprobs, ids, cfg.repetition_penalty)
     if cfg.no_repeat_ngram_size or bad_words:
         logprobs = logprobs.clone()
         for row, history in enumerate(ids.tolist()):
+            history = history[pad[row]:] if pad else history
             banned = banned_continuations(history, cfg.no_repeat_ngram_size) | banned_bad_words(history, bad_words)
             if banned:
                 logprobs[row, list(banned)] = float("-inf")
@@ -172,30 +178,81 @@ def model_device(model):
     return next(iter(model.parameters()), torch.empty(0)).device if hasattr(model, "parameters") else "cpu"
 
 
-def sample_steps(model, prompt_ids: list[int], cfg: GenerationConfig, first_sequence: int = 0,
+class Padding:
+    """Left padding of a batch of prompts of different lengths: each row is right-aligned, and the columns
+    before its first real token repeat that token (placeholders: never context).
+
+    A model whose `logprobs_next` takes `pad` (GPT) runs the padded batch at once; any other model runs each
+    group of rows that share a prompt length separately, on its unpadded columns, with a state of its own.
+    """
+
+    def __init__(self, lengths: list[int], device):
+        longest = max(lengths)
+        self.counts = [longest - n for n in lengths]
+        self.tensor = torch.tensor(self.counts, device=device) if any(self.counts) else None
+        self.groups: dict[int, torch.Tensor] = {}
+        for row, p in enumerate(self.counts):
+            self.groups.setdefault(p, []).append(row)
+        self.groups = {p: torch.tensor(rows, device=device) for p, rows in self.groups.items()}
+
+    def logprobs_next(self, model, ids: torch.Tensor, state):
+        if self.tensor is None:
+            return model.logprobs_next(ids, state)
+        if "pad" in inspect.signature(model.logprobs_next).parameters:
+            return model.logprobs_next(ids, state, pad=self.tensor)
+        state = state or {}
+        out = None
+        for p, rows in self.groups.items():
+            logprobs, state[p] = model.logprobs_next(ids[rows, p:], state.get(p))
+            if out is None:
+                out = logprobs.new_empty(ids.shape[0], logprobs.shape[1])
+            out[rows] = logprobs
+        return out, state
+
+
+def sample_steps(model, prompt_ids: list[int] | list[list[int]], cfg: GenerationConfig, first_sequence: int = 0,
                  batch: int | None = None, bad_words: list[list[int]] = ()) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (next token [B], its log-probability under the model [B]) of each of `batch` sequences, step by step.
 
     Sequence i (counting from `first_sequence`) draws from generator seed + i. The log-probability is the
     model's own, before any processor or warper (what scoring and the API's logprobs report).
+
+    `prompt_ids` is one prompt (a list of ids) or several (a list of lists, of any lengths): then each prompt
+    has `batch` rows, prompt after prompt, all decoded in one batch, shorter prompts left-padded (Padding),
+    and each prompt's rows are what it gives alone (its sequence i also draws from seed + i). With several
+    prompts and max_length, the steps run to the longest limit: complete() stops each row at its own.
     """
     cfg.validate()
-    if not prompt_ids:
-        raise LmlabError("the prompt is empty after tokenization; give a non-empty --prompt.")
+    several = bool(prompt_ids) and isinstance(prompt_ids[0], (list, tuple))
+    prompts = [list(p) for p in prompt_ids] if several else [prompt_ids]
+    for i, p in enumerate(prompts):
+        if not p:
+            raise LmlabError("the prompt is empty after tokenization; give a non-empty --prompt." if not several else
+                             f"prompt {i + 1} of {len(prompts)} is empty after tokenization; give non-empty prompts.")
     batch = batch or cfg.num_return_sequences
-    generators = make_generators(cfg, first_sequence + batch)[first_sequence:]
-    ids = torch.tensor([prompt_ids] * batch, dtype=torch.long, device=model_device(model))
+    device = model_device(model)
+    generators = [g for _ in prompts for g in make_generators(cfg, first_sequence + batch)[first_sequence:]]
+    rows = [p for p in prompts for _ in range(batch)]
+    padding = Padding([len(p) for p in rows], device)
+    steps = max(cfg.new_tokens(len(p)) for p in prompts)
+    width = max(len(p) for p in rows)
+    # All the columns up front: each step writes its tokens into the next one (no per-step concatenation).
+    buffer = torch.tensor([[p[0]] * (width - len(p)) + p + [0] * steps for p in rows], dtype=torch.long, device=device)
+    bad_words = list(bad_words)
     state = None
-    for _ in range(cfg.new_tokens(len(prompt_ids))):
-        logprobs, state = model.logprobs_next(ids, state)
-        next_ids = choose_next(process_history(logprobs, ids, cfg, list(bad_words)), cfg, generators)
+    for t in range(width, width + steps):
+        ids = buffer[:, :t]
+        logprobs, state = padding.logprobs_next(model, ids, state)
+        next_ids = choose_next(process_history(logprobs, ids, cfg, bad_words, padding.counts if several else None),
+                               cfg, generators)
         yield next_ids, logprobs.gather(1, next_ids[:, None])[:, 0]
-        ids = torch.cat([ids, next_ids[:, None]], dim=1)
+        buffer[:, t] = next_ids
 
 
-def generate_ids(model, prompt_ids: list[int], cfg: GenerationConfig, first_sequence: int = 0,
+def generate_ids(model, prompt_ids: list[int] | list[list[int]], cfg: GenerationConfig, first_sequence: int = 0,
                  batch: int | None = None) -> Iterator[torch.Tensor]:
-    """Yield the next token of each of `batch` sequences [B], step by step, using the model's cache."""
+    """Yield the next token of each of `batch` sequences [B] (of each prompt, if several), step by step,
+    using the model's cache."""
     for next_ids, _ in sample_steps(model, prompt_ids, cfg, first_sequence, batch):
         yield next_ids
 
@@ -284,13 +341,16 @@ def encode_bad_words(tokenizer, cfg: GenerationConfig) -> list[list[int]]:
     return out
 
 
-def complete(model, tokenizer, prompt: str, cfg: GenerationConfig | None = None, *, draft=None,
+def complete(model, tokenizer, prompt: str | list[str], cfg: GenerationConfig | None = None, *, draft=None,
              stats: SpeculativeStats | None = None, **kwargs) -> list[Completion]:
     """cfg.num_return_sequences continuations of `prompt` with their tokens, log-probabilities and finish reason.
 
     With a `draft` model (load_draft: an n-gram or a smaller run sharing the tokenizer) decoding is speculative;
-    `stats` then counts drafted and accepted tokens.
+    `stats` then counts drafted and accepted tokens. A list of prompts gives one such list per prompt, decoded
+    in one batch (complete_batch).
     """
+    if not isinstance(prompt, str):
+        return complete_batch(model, tokenizer, prompt, cfg, draft=draft, stats=stats, **kwargs)
     cfg = cfg or GenerationConfig(**kwargs)
     cfg.validate()
     if draft is not None:
@@ -298,16 +358,45 @@ def complete(model, tokenizer, prompt: str, cfg: GenerationConfig | None = None,
     prompt_ids = crop_prompt(model, tokenizer.encode(prompt), warn=False)
     if cfg.num_beams > 1:
         return beam_search(model, tokenizer, prompt_ids, cfg)
-    n = cfg.num_return_sequences
-    texts = [StopText(tokenizer, cfg.stop) for _ in range(n)]
-    ids, logprobs = [[] for _ in range(n)], [[] for _ in range(n)]
-    done = [False] * n
-    eot = getattr(tokenizer, "eot_id", None)
     steps = (speculative_steps(model, draft, prompt_ids, cfg, stats=stats) if draft is not None else
              sample_steps(model, prompt_ids, cfg, bad_words=encode_bad_words(tokenizer, cfg)))
-    for next_ids, lps in steps:
+    return collect_completions(tokenizer, cfg, steps, [cfg.new_tokens(len(prompt_ids))] * cfg.num_return_sequences)
+
+
+def complete_batch(model, tokenizer, prompts: list[str], cfg: GenerationConfig | None = None, *, draft=None,
+                   stats: SpeculativeStats | None = None, **kwargs) -> list[list[Completion]]:
+    """complete() for several prompts at once: for each prompt, in order, its cfg.num_return_sequences completions.
+
+    All rows are decoded in one batch; prompts of different lengths are left-padded (see Padding), and each
+    prompt's completions are what complete() gives for it alone (greedy: the same tokens; log-probabilities
+    equal to float rounding). Beam search and speculative decoding run the prompts one after another.
+    """
+    cfg = cfg or GenerationConfig(**kwargs)
+    cfg.validate()
+    if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)) or not prompts:
+        raise LmlabError("complete_batch needs a non-empty list of prompt strings.")
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise LmlabError(f"prompt {i + 1} of {len(prompts)} is a {type(prompt).__name__}, not a string.")
+    if draft is not None or cfg.num_beams > 1:
+        return [complete(model, tokenizer, prompt, cfg, draft=draft, stats=stats) for prompt in prompts]
+    encoded = [crop_prompt(model, tokenizer.encode(prompt), warn=False) for prompt in prompts]
+    n = cfg.num_return_sequences
+    steps = sample_steps(model, encoded, cfg, bad_words=encode_bad_words(tokenizer, cfg))
+    flat = collect_completions(tokenizer, cfg, steps, [cfg.new_tokens(len(ids)) for ids in encoded for _ in range(n)])
+    return [flat[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+
+def collect_completions(tokenizer, cfg: GenerationConfig, steps, limits: list[int]) -> list[Completion]:
+    """Completions from the steps of a decoding loop; row r ends at end-of-text, a stop string or limits[r] tokens."""
+    rows = len(limits)
+    texts = [StopText(tokenizer, cfg.stop) for _ in range(rows)]
+    ids, logprobs = [[] for _ in range(rows)], [[] for _ in range(rows)]
+    done = [False] * rows
+    eot = getattr(tokenizer, "eot_id", None)
+    for step, (next_ids, lps) in enumerate(steps):
         for row, (token, lp) in enumerate(zip(next_ids.tolist(), lps.tolist())):
-            if done[row]:
+            if done[row] or step >= limits[row]:
                 continue
             if token == eot:
                 done[row] = True
@@ -316,15 +405,18 @@ def complete(model, tokenizer, prompt: str, cfg: GenerationConfig | None = None,
             logprobs[row].append(lp)
             texts[row].add(token)
             done[row] = texts[row].stopped
-        if all(done):
+        if all(d or step + 1 >= limit for d, limit in zip(done, limits)):
             break
     return [Completion(t.final(), i, lp, "stop" if d or t.stopped else "length")
             for t, i, lp, d in zip(texts, ids, logprobs, done)]
 
 
-def generate(model, tokenizer, prompt: str, cfg: GenerationConfig | None = None, **kwargs) -> list[str]:
-    """Generate cfg.num_return_sequences continuations of `prompt` (batched); return their texts."""
-    return [c.text for c in complete(model, tokenizer, prompt, cfg, **kwargs)]
+def generate(model, tokenizer, prompt: str | list[str], cfg: GenerationConfig | None = None,
+             **kwargs) -> list[str] | list[list[str]]:
+    """Generate cfg.num_return_sequences continuations of `prompt` (batched); return their texts
+    (for a list of prompts: one list of texts per prompt)."""
+    out = complete(model, tokenizer, prompt, cfg, **kwargs)
+    return [c.text for c in out] if isinstance(prompt, str) else [[c.text for c in cs] for cs in out]
 
 
 def stream(model, tokenizer, prompt: str, cfg: GenerationConfig, sequence: int = 0, *, draft=None,

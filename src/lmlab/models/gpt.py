@@ -90,20 +90,32 @@ class GPT(NeuralLM):
 
     # ------------------------------------------------------------------ forward
 
-    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Final hidden states [B, T, C] for token ids idx [B, T] (after any cached positions)."""
+    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None, pad: torch.Tensor | None = None) -> torch.Tensor:
+        """Final hidden states [B, T, C] for token ids idx [B, T] (after any cached positions).
+
+        `pad` [B]: left padding, the number of placeholder columns before each row's first real token
+        (batched prompts of different lengths). A row's positions count from its first real token and its
+        queries never see its padding keys, so each row computes what it would alone.
+        """
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.cfg.block_size:
             raise LmlabError(f"sequence of {start + T} tokens is longer than the model's "
                              f"block_size {self.cfg.block_size}.")
-        if self.wpe is not None:
-            pos = self.wpe.weight[start:start + T]
+        table = self.wpe.weight if self.wpe is not None else self.pos_table
+        mask = None
+        if pad is None:
+            pos = table[start:start + T]
         else:
-            pos = self.pos_table[start:start + T]
+            cols = torch.arange(start, start + T, device=idx.device)
+            pos = table[(cols - pad[:, None]).clamp(min=0)]  # [B, T, C]
+            keys = torch.arange(start + T, device=idx.device)
+            # [B, 1, T, keys]: causal and not padding; a padding query sees itself (no empty row: no NaN).
+            mask = ((keys <= cols[:, None]) & (keys >= pad[:, None, None])) | (keys == cols[:, None])
+            mask = mask[:, None]
         x = self.drop(self.wte(idx) + pos)
         for i, block in enumerate(self.blocks):
-            x = block(x, cache, i)
+            x = block(x, cache, i, mask)
         if cache is not None:
             cache.length += T
         return self.ln_f(x)
@@ -126,19 +138,25 @@ class GPT(NeuralLM):
         return KVCache(c.n_layer, batch, c.n_head, c.block_size, c.n_embd // c.n_head, p.dtype, p.device)
 
     @torch.inference_mode()
-    def logprobs_next(self, ids: torch.Tensor, state: KVCache | None = None):
+    def logprobs_next(self, ids: torch.Tensor, state: KVCache | None = None, pad: torch.Tensor | None = None):
         """Log-probabilities [B, V] of the next token after each row of ids [B, T] (the whole history).
 
         `state` is the KV cache from the previous call: only the tokens it has not seen are run.
         Past block_size, the context is cropped to the last block_size tokens and recomputed
         (nanoGPT's behaviour), since learned positions stop at block_size.
+        `pad` [B] (optional): rows are left-padded, row b's tokens start at column pad[b] (the ids before it
+        are placeholders, never seen); pass the same pad at every step of a generation.
         """
         B, T = ids.shape
         if T > self.cfg.block_size:
+            if pad is not None:
+                pad = (pad - (T - self.cfg.block_size)).clamp(min=0)
             ids, T, state = ids[:, -self.cfg.block_size:], self.cfg.block_size, None
         if state is None or state.length > T or state.k.shape[1] != B or state.length == T:
             state = self.new_cache(B)
-        h = self.hidden(ids[:, state.length:], state)
+            if pad is not None and bool((pad >= T).any()):
+                raise LmlabError(f"every row needs a real token: left padding {pad.tolist()} for {T} columns.")
+        h = self.hidden(ids[:, state.length:], state, pad)
         return F.log_softmax(self.lm_head(h[:, -1]).float(), dim=-1), state
 
     @staticmethod

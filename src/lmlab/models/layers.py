@@ -61,9 +61,10 @@ class SelfAttention(nn.Module):
             k, v = cache.append(layer, k, v)
             if past > 0 and self.causal:
                 # New queries sit at positions past..past+T-1: each sees every cached key and the new
-                # keys up to itself. With one new query that is "all keys": no mask needed.
+                # keys up to itself. With one new query that is "all keys": no mask needed. A given mask
+                # (left padding, GPT.hidden) already has the causal part.
                 is_causal = False
-                if T > 1:
+                if T > 1 and attn_mask is None:
                     attn_mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
                                            dropout_p=self.dropout if self.training else 0.0)
