@@ -1,10 +1,11 @@
-"""Tokenizers behind one interface: characters, UTF-8 bytes, words, and byte-level BPE (HF `tokenizers`).
+"""Tokenizers behind one interface: characters, UTF-8 bytes, words, byte-level BPE and WordPiece (HF `tokenizers`).
 
 Every tokenizer has `kind`, `vocab_size`, `eot_id`, `encode(text) -> list[int]`, `decode(ids) -> str`
 and `save(path)`, and is stored as one `tokenizer.json`:
 - char, byte and word: our own small JSON, `{"lmlab_tokenizer": "char", "vocab": [...]}`;
 - bpe: the Hugging Face `tokenizers` JSON itself, so HF tools read it and any HF tokenizer.json
-  (GPT-2's, for instance) loads here as a `BPETokenizer`.
+  (GPT-2's, for instance) loads here as a `BPETokenizer`;
+- wordpiece: a HF WordPiece tokenizer.json (BERT's), loaded as a `WordPieceTokenizer`.
 
 `path` arguments name either the JSON file (ending in ".json") or a directory holding tokenizer.json.
 """
@@ -188,6 +189,120 @@ class BPETokenizer(Tokenizer):
         return self.hf.to_str(pretty=True)
 
 
+class WordPieceTokenizer(Tokenizer):
+    """BERT's WordPiece through HF `tokenizers` (lower-casing / accents / splitting as its tokenizer.json says).
+
+    `encode` gives the ids of the text alone, like every lmlab tokenizer; `encode_special` wraps them as BERT
+    reads a sentence: [CLS] text [SEP]. The special tokens [PAD] [UNK] [CLS] [SEP] [MASK] must be in the
+    vocabulary; [SEP] doubles as the end-of-text id, so `prepare` separates documents with it (for MLM data).
+    Any padding or truncation stored in the JSON is switched off: batching pads on its own.
+    """
+
+    kind = "wordpiece"
+    SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+    def __init__(self, hf_tokenizer, source="the tokenizer"):
+        hf_tokenizer.no_padding()
+        hf_tokenizer.no_truncation()
+        self.hf = hf_tokenizer
+        self.vocab_size = max(hf_tokenizer.get_vocab(with_added_tokens=True).values()) + 1
+        missing = [t for t in self.SPECIALS if hf_tokenizer.token_to_id(t) is None]
+        if missing:
+            raise LmlabError(f"{source} is a WordPiece tokenizer without {', '.join(missing)}; "
+                             "a BERT vocabulary needs [PAD] [UNK] [CLS] [SEP] [MASK].")
+        self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (
+            hf_tokenizer.token_to_id(t) for t in self.SPECIALS)
+        self.eot_id = self.sep_id
+
+    @property
+    def special_ids(self) -> list[int]:
+        return [self.pad_id, self.cls_id, self.sep_id, self.mask_id]
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text, add_special_tokens=False).ids
+
+    def encode_lines(self, lines: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.hf.encode_batch(lines, add_special_tokens=False)]
+
+    def encode_special(self, texts: list[str], max_length: int) -> list[list[int]]:
+        """[CLS] ids [SEP] of each text, the text's ids cut to max_length - 2."""
+        keep = max(0, max_length - 2)
+        return [[self.cls_id, *ids[:keep], self.sep_id] for ids in self.encode_lines(texts)]
+
+    def decode(self, ids) -> str:
+        return self.hf.decode(_id_list(ids), skip_special_tokens=False)
+
+    def to_str(self) -> str:
+        return self.hf.to_str(pretty=True)
+
+
+def _bert_pipeline(hf, lowercase: bool) -> None:
+    """BERT's normalizer, pre-tokenizer, decoder and [CLS] A [SEP] template on a WordPiece HF tokenizer."""
+    from tokenizers import decoders, normalizers, pre_tokenizers, processors
+
+    hf.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    hf.decoder = decoders.WordPiece()
+    cls, sep = hf.token_to_id("[CLS]"), hf.token_to_id("[SEP]")
+    if cls is not None and sep is not None:
+        hf.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+
+
+def load_wordpiece(path) -> WordPieceTokenizer:
+    """A WordPiece tokenizer from a HF directory (tokenizer.json, else vocab.txt), a tokenizer.json or a vocab.txt.
+
+    A bare vocab.txt gets BERT's pipeline, lower-casing unless the directory's tokenizer_config.json says
+    do_lower_case: false.
+    """
+    path = Path(path)
+    if path.is_dir() and (path / FILENAME).is_file():
+        path = path / FILENAME
+    elif path.is_dir() and (path / "vocab.txt").is_file():
+        path = path / "vocab.txt"
+    if not path.is_file():
+        raise LmlabError(f"No WordPiece tokenizer at {path}; give a tokenizer.json, a vocab.txt or a directory "
+                         "holding one.")
+    if path.suffix == ".json":
+        tok = load_tokenizer(path)
+        if not isinstance(tok, WordPieceTokenizer):
+            raise LmlabError(f"{path} is a {tok.kind} tokenizer, not WordPiece; give a BERT tokenizer.json or vocab.txt.")
+        return tok
+    from tokenizers import Tokenizer as HFTokenizer, models
+
+    lowercase = True
+    config = path.parent / "tokenizer_config.json"
+    if config.is_file():
+        try:
+            lowercase = bool(json.loads(config.read_text(encoding="utf-8")).get("do_lower_case", True))
+        except json.JSONDecodeError:
+            pass
+    try:
+        hf = HFTokenizer(models.WordPiece.from_file(str(path), unk_token="[UNK]"))
+    except Exception as e:
+        raise LmlabError(f"{path} is not a WordPiece vocabulary (one token per line): {e}.") from None
+    _bert_pipeline(hf, lowercase)
+    return WordPieceTokenizer(hf, path)
+
+
+def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool = True) -> WordPieceTokenizer:
+    """A BERT-style WordPiece vocabulary learned from `texts` (for an encoder trained from scratch)."""
+    from tokenizers import Tokenizer as HFTokenizer, models, trainers
+
+    if vocab_size < len(WordPieceTokenizer.SPECIALS) + 1:
+        raise LmlabError(f"a WordPiece vocabulary needs vocab_size > 5 (the special tokens and a word), got {vocab_size}.")
+    hf = HFTokenizer(models.WordPiece(unk_token="[UNK]"))
+    from tokenizers import normalizers, pre_tokenizers
+
+    hf.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=int(vocab_size), special_tokens=list(WordPieceTokenizer.SPECIALS),
+                                        show_progress=False)
+    hf.train_from_iterator(texts, trainer)
+    _bert_pipeline(hf, lowercase)
+    return WordPieceTokenizer(hf)
+
+
 def load_tokenizer(path) -> Tokenizer:
     """Read tokenizer.json (a file, or a directory holding one): ours (char/byte/word) or any HF tokenizer."""
     file = _json_path(path)
@@ -217,7 +332,10 @@ def tokenizer_from_str(text: str, source="the tokenizer") -> Tokenizer:
         from tokenizers import Tokenizer as HFTokenizer
 
         try:
-            return BPETokenizer(HFTokenizer.from_str(text))
+            hf = HFTokenizer.from_str(text)
+            if obj["model"].get("type") == "WordPiece":
+                return WordPieceTokenizer(hf, source)
+            return BPETokenizer(hf)
         except Exception as e:  # the Rust side raises plain Exception subclasses
             raise LmlabError(f"{source} is not a tokenizer the `tokenizers` library can read ({e}).") from None
     raise LmlabError(

@@ -10,6 +10,10 @@ from importlib import import_module
 FAMILIES = {
     "gpt": ("gpt", "GPTConfig", "GPT"),
     "rnn": ("rnn", "RNNConfig", "RNNLM"),
+    # BERT-style encoder (masked-LM pretraining; with num_labels a classifier) and the other text classifiers
+    "encoder": ("encoder", "EncoderConfig", "Encoder"),
+    "rnn_classifier": ("rnn", "RNNClassifierConfig", "RNNClassifier"),
+    "gpt_classifier": ("gpt_classifier", "GPTClassifierConfig", "GPTClassifier"),
 }
 
 

@@ -119,3 +119,22 @@ def init_weights(module: nn.Module, std: float = 0.02) -> None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.Embedding):
         nn.init.normal_(module.weight, mean=0.0, std=std)
+
+
+class PostLNBlock(nn.Module):
+    """Post-LayerNorm Transformer block (Vaswani et al. 2017; BERT): x = LN(x + Attn(x)), then LN(x + MLP(x)).
+
+    Same attention and MLP modules as the pre-LN `Block` (so the same weight names), normalisation after
+    each residual sum instead of before each sub-layer. `hidden` is the MLP width (BERT's intermediate_size).
+    """
+
+    def __init__(self, n_embd, n_head, bias, dropout, causal=False, activation="gelu", eps=1e-12, hidden=None):
+        super().__init__()
+        self.attn = SelfAttention(n_embd, n_head, bias, dropout, causal)
+        self.ln_1 = nn.LayerNorm(n_embd, eps=eps, bias=bias)
+        self.mlp = MLP(n_embd, bias, dropout, activation, hidden)
+        self.ln_2 = nn.LayerNorm(n_embd, eps=eps, bias=bias)
+
+    def forward(self, x, attn_mask=None):
+        x = self.ln_1(x + self.attn(x, attn_mask=attn_mask))
+        return self.ln_2(x + self.mlp(x))

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from ..errors import LmlabError
 from .base import NeuralLM
+from .classifier import ClassifierMixin, check_classifier, pool
 
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -224,3 +225,65 @@ class RNNLM(NeuralLM):
             picked = torch.log_softmax(logits.float(), dim=-1).gather(-1, y[:, start:start + chunk, None])[..., 0]
             lp[:, start:start + chunk] = picked.double().cpu()
         return np.concatenate([lp[s, :bounds[s + 1] - bounds[s]].numpy() for s in range(streams)])
+
+
+# ---------------------------------------------------------------------------------------------
+# Classifier
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RNNClassifierConfig:
+    family: str = "rnn_classifier"
+    cell: str = "lstm"  # rnn | lstm | gru
+    vocab_size: int = 0
+    n_embd: int = 128
+    n_hidden: int = 128  # per direction
+    n_layer: int = 1
+    dropout: float = 0.0  # on embeddings, between layers and on the pooled vector
+    bidirectional: bool = True
+    pooling: str = "max"  # max | mean over the outputs of the real tokens, or last (final hidden state(s))
+    num_labels: int = 2
+    pad_id: int = 0
+
+    def validate(self) -> None:
+        for name in ("n_layer", "n_embd", "n_hidden", "vocab_size"):
+            if getattr(self, name) < 1:
+                raise LmlabError(f"model.{name} must be a positive integer, got {getattr(self, name)}.")
+        if self.cell not in CELLS:
+            raise LmlabError(f"model.cell must be one of {', '.join(CELLS)}, got {self.cell!r}.")
+        check_classifier(self, ("max", "mean", "last"))
+
+
+class RNNClassifier(ClassifierMixin, nn.Module):
+    """Embedding -> (bi)directional RNN/LSTM/GRU over the real tokens (packed) -> max / mean / last pooling ->
+    dropout -> linear. A bidirectional model concatenates both directions (2 x n_hidden features)."""
+
+    family = "rnn_classifier"
+
+    def __init__(self, cfg: RNNClassifierConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd, padding_idx=cfg.pad_id)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.rnn = CELLS[cfg.cell](cfg.n_embd, cfg.n_hidden, cfg.n_layer, batch_first=True,
+                                   dropout=cfg.dropout if cfg.n_layer > 1 else 0.0, bidirectional=cfg.bidirectional)
+        self.head = nn.Linear(cfg.n_hidden * (2 if cfg.bidirectional else 1), cfg.num_labels)
+        nn.init.uniform_(self.wte.weight, -0.1, 0.1)
+        with torch.no_grad():
+            self.wte.weight[cfg.pad_id].zero_()
+
+    def logits(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+        lengths = mask.long().sum(1).clamp(min=1).cpu()
+        packed = pack_padded_sequence(self.drop(self.wte(ids)), lengths, batch_first=True, enforce_sorted=False)
+        out, hidden = self.rnn(packed)
+        if self.cfg.pooling == "last":
+            h = _first(hidden).view(self.cfg.n_layer, 2 if self.cfg.bidirectional else 1, ids.shape[0], -1)[-1]
+            v = torch.cat(list(h), dim=-1)  # the last layer's final state of each direction
+        else:
+            out, _ = pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])
+            v = pool(out, mask, self.cfg.pooling)
+        return self.head(self.drop(v))

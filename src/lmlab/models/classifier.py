@@ -1,0 +1,72 @@
+"""What every text classifier shares (encoder, LSTM, GPT + head): the batch it reads, its loss, its checks.
+
+A classification batch is (ids [B, T] int64, mask [B, T] bool: true on real tokens, labels [B] int64), built by
+`lmlab.classify.LabelBatches` with right padding. A classifier answers `logits(ids, mask) -> [B, num_labels]`;
+`loss(batch)` is the mean cross-entropy on the labels (plus whatever auxiliary term the family adds), so the one
+Trainer fine-tunes every family. Classifiers are not causal LMs: eval / generate / compare refuse them clearly.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import LmlabError
+
+
+def check_classifier(cfg, poolings: tuple[str, ...] | None = None) -> None:
+    """Checks shared by every classifier config: num_labels, dropout and (if it has one) pooling."""
+    if cfg.num_labels < 2:
+        raise LmlabError(f"model.num_labels must be at least 2, got {cfg.num_labels}.")
+    if not 0 <= cfg.dropout < 1:
+        raise LmlabError(f"model.dropout must be in [0, 1), got {cfg.dropout}.")
+    if poolings is not None and cfg.pooling not in poolings:
+        raise LmlabError(f"model.pooling must be one of {', '.join(poolings)}, got {cfg.pooling!r}.")
+
+
+def pool(h: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """One vector per row of h [B, T, C] over its real positions (mask [B, T]): first, last, mean or max."""
+    if how == "cls":
+        return h[:, 0]
+    if how == "last":
+        last = mask.long().sum(1).clamp(min=1) - 1
+        return h[torch.arange(h.shape[0], device=h.device), last]
+    m = mask.unsqueeze(-1).to(h.dtype)
+    if how == "mean":
+        return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
+    if how == "max":
+        return h.masked_fill(~mask.unsqueeze(-1), torch.finfo(h.dtype).min).amax(1)
+    raise ValueError(how)
+
+
+class ClassifierMixin:
+    """`loss`, `predict_proba` and the refusals of the causal-LM calls, for an nn.Module with `logits(ids, mask)`."""
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def loss(self, batch) -> torch.Tensor:
+        ids, mask, labels = batch
+        return F.cross_entropy(self.logits(ids, mask).float(), labels)
+
+    @torch.inference_mode()
+    def predict_proba(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.logits(ids, mask).float(), dim=-1)
+
+    @classmethod
+    def training_data(cls, cfg):
+        raise LmlabError(f"a {cfg.model.family} model is a classifier: train it with `lmlab classify train`, "
+                         "not `lmlab train`.")
+
+    def _not_lm(self, *args, **kwargs):
+        raise LmlabError(f"this run is a {self.cfg.family} text classifier, not a language model; use "
+                         "`lmlab classify eval` / `lmlab classify predict` with it.")
+
+    block_size = None
+    token_logprobs = logprobs_next = score = _not_lm
+
+
+def head_init(linear: nn.Linear, std: float = 0.02) -> None:
+    nn.init.normal_(linear.weight, mean=0.0, std=std)
+    if linear.bias is not None:
+        nn.init.zeros_(linear.bias)
