@@ -323,16 +323,18 @@ def cmd_ngram_query(args) -> None:
 
 # --------------------------------------------------------------------------- convert
 
-CONVERT_FORMATS = ("hf-gpt2",)
+CONVERT_FORMATS = ("hf-gpt2", "hf-bert")  # hf-bert: import only
 
 
 def _add_convert(sub) -> None:
-    p = sub.add_parser("convert", help="import / export Hugging Face GPT-2 checkpoints",
+    p = sub.add_parser("convert", help="import / export Hugging Face GPT-2 checkpoints; import BERT ones",
                        description="lmlab convert --from hf-gpt2 HF_DIR --out RUN reads a Hugging Face GPT-2 "
                                    "directory into an lmlab run; lmlab convert RUN --to hf-gpt2 HF_DIR writes a run "
-                                   "that transformers' GPT2LMHeadModel.from_pretrained loads.")
+                                   "that transformers' GPT2LMHeadModel.from_pretrained loads; lmlab convert "
+                                   "--from hf-bert HF_DIR --out RUN imports a BERT encoder (BertModel, "
+                                   "BertForMaskedLM, ...) to fine-tune with lmlab classify train --init RUN.")
     p.add_argument("source", help="Hugging Face directory (with --from) or lmlab run directory (with --to)")
-    p.add_argument("--from", dest="from_format", metavar="FORMAT", help="import: hf-gpt2")
+    p.add_argument("--from", dest="from_format", metavar="FORMAT", help="import: hf-gpt2 or hf-bert")
     p.add_argument("--to", nargs="+", metavar=("FORMAT", "DIR"), help="export: hf-gpt2 and the output directory")
     p.add_argument("--out", help="output directory (a run for --from; the HF directory for --to, if not after it)")
     p.set_defaults(func=cmd_convert)
@@ -346,11 +348,23 @@ def cmd_convert(args) -> None:
         raise LmlabError(f"unknown format {fmt!r}; lmlab convert knows {', '.join(CONVERT_FORMATS)}.")
     if args.to and len(args.to) > 2:
         raise LmlabError("--to takes a format and one output directory, e.g. --to hf-gpt2 DIR.")
+    if args.to and fmt == "hf-bert":
+        raise LmlabError("hf-bert is an import format (--from hf-bert); lmlab convert exports GPT-2 only (--to hf-gpt2).")
     out = args.to[1] if args.to and len(args.to) == 2 else args.out
     if not out:
         raise LmlabError("lmlab convert needs an output directory: --out DIR (or --to hf-gpt2 DIR).")
     from .hf import export_hf_gpt2, import_hf_gpt2
 
+    if args.from_format == "hf-bert":
+        from .hf import import_hf_bert
+
+        info = import_hf_bert(args.source, out)
+        c = info["config"]
+        heads = ", ".join(h for h, on in (("pooler", info["pooler"]), ("masked-LM head", info["mlm_head"])) if on)
+        print(f"wrote {out}: BERT encoder {c.n_layer}x{c.n_embd}, {c.n_head} heads, {c.block_size} positions, "
+              f"vocab {c.vocab_size}, {info['parameters']:,} parameters{', ' + heads if heads else ''}, "
+              f"{info['tokenizer']} tokenizer")
+        return
     if args.from_format:
         info = import_hf_gpt2(args.source, out)
         c = info["config"]
@@ -362,6 +376,132 @@ def cmd_convert(args) -> None:
         note = "" if info["hf_tokenizer"] else (f"; its {info['tokenizer']} tokenizer.json is lmlab's format, "
                                                 "which Hugging Face tokenizers cannot read")
         print(f"wrote {out}: config.json, model.safetensors, tokenizer.json for GPT2LMHeadModel{note}")
+
+
+# --------------------------------------------------------------------------- classify
+
+def _add_classify(sub) -> None:
+    p = sub.add_parser("classify", help="text classification: train / eval / predict an encoder, LSTM or GPT classifier",
+                       description="Train a text classifier (BERT-style encoder, LSTM, or GPT + head) on labelled "
+                                   "texts with the same Trainer, evaluate it (accuracy, precision / recall / F1, "
+                                   "confusion matrix) and classify new texts. Data: a TSV/CSV file with text and "
+                                   "label columns, or a directory with one file per label (one text per line).")
+    verbs = p.add_subparsers(dest="classify_command", metavar="VERB")
+    verbs.required = True
+
+    def data_options(q, defaults: bool = True):
+        q.add_argument("--text-column", default="text" if defaults else None, help="text column of a TSV/CSV (default text)")
+        q.add_argument("--label-column", default="label" if defaults else None,
+                       help="label column of a TSV/CSV (default label)")
+        q.add_argument("--encoding", default="utf-8" if defaults else None,
+                       help="text encoding of the files (default utf-8; e.g. cp1252)")
+
+    t = verbs.add_parser("train", help="train a classifier into a run directory",
+                         description="Train a classifier. Any config field can be overridden with a dotted flag, "
+                                     "e.g. --model.n_layer 2 --train.weight_decay 0.")
+    t.add_argument("--train", required=True, help="training data: TSV/CSV file or one-file-per-label directory")
+    t.add_argument("--val", help="validation data (default: hold out --val-fraction of --train)")
+    t.add_argument("--model", choices=["encoder", "lstm", "gpt"], default="encoder")
+    t.add_argument("--init", metavar="RUN_OR_HF_DIR",
+                   help="start from an lmlab run (encoder or GPT) or a Hugging Face BERT directory")
+    t.add_argument("--out", required=True, help="run directory to write")
+    data_options(t)
+    t.add_argument("--val-fraction", type=float, default=0.1, help="held out of --train when --val is not given")
+    t.add_argument("--split-seed", type=int, default=0, help="seed of that held-out split")
+    t.add_argument("--max-length", type=int, default=128, help="tokens per text at most (longer texts are cut)")
+    t.add_argument("--epochs", type=int, default=None, help="passes over the training texts (default per model)")
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate (default per model)")
+    t.add_argument("--seed", type=int, default=1337)
+    t.add_argument("--pooling", default=None,
+                   help="encoder: cls (default) or mean; lstm: max (default), mean or last")
+    t.add_argument("--pooler", action=argparse.BooleanOptionalAction, default=None,
+                   help="encoder: BERT's dense + tanh pooler before the classifier (default: if the init has one)")
+    t.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=True, help="lstm (default on)")
+    t.add_argument("--lm-loss-weight", type=float, default=None,
+                   help="gpt: weight of the auxiliary language-model loss (GPT-1 used 0.5; default 0)")
+    t.add_argument("--dropout", type=float, default=None)
+    t.add_argument("--vocab-size", type=int, default=None, help="vocabulary of a tokenizer built from --train")
+    t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_classify_train, accepts_overrides=True)
+
+    e = verbs.add_parser("eval", help="accuracy, per-class and macro precision / recall / F1, confusion matrix")
+    e.add_argument("run", help="classifier run directory")
+    e.add_argument("--data", required=True, help="labelled texts: TSV/CSV file or one-file-per-label directory")
+    data_options(e, defaults=False)
+    e.add_argument("--png", help="where to draw the confusion matrix (default RUN/confusion.png)")
+    e.add_argument("--json", action="store_true", help="print the result as JSON")
+    e.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    e.set_defaults(func=cmd_classify_eval)
+
+    r = verbs.add_parser("predict", help="the label and class probabilities of each text")
+    r.add_argument("run", help="classifier run directory")
+    r.add_argument("texts", nargs="+", metavar="TEXT", help="texts to classify ('-' reads one text per line from stdin)")
+    r.add_argument("--json", action="store_true", help="print JSON lines")
+    r.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    r.set_defaults(func=cmd_classify_predict)
+
+    s = verbs.add_parser("split", help="a fixed seeded train / test split of labelled texts as two TSV files")
+    s.add_argument("source", help="TSV/CSV file or one-file-per-label directory")
+    s.add_argument("--out", required=True, help="directory for train.tsv and test.tsv")
+    s.add_argument("--fraction", type=float, default=0.1, help="share of the texts in test.tsv (default 0.1)")
+    s.add_argument("--seed", type=int, default=0)
+    data_options(s)
+    s.set_defaults(func=cmd_classify_split)
+
+
+def cmd_classify_train(args) -> None:
+    from .classify import train_classifier
+
+    overrides = dict(args.overrides)
+    overrides.setdefault("train.device", args.device)
+    options = {"pooling": args.pooling, "pooler": args.pooler, "bidirectional": args.bidirectional,
+               "lm_loss_weight": args.lm_loss_weight, "dropout": args.dropout, "vocab_size": args.vocab_size}
+    s = train_classifier(args.train, args.out, kind=args.model, val=args.val, init=args.init,
+                         text_column=args.text_column, label_column=args.label_column, encoding=args.encoding,
+                         val_fraction=args.val_fraction, split_seed=args.split_seed, max_length=args.max_length,
+                         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
+                         overrides=overrides, progress=not args.quiet, **options)
+    m = s["val_metrics"]
+    print(f"done: {args.model} classifier, {s['parameters']:,} parameters, {s['step']} steps in {s['wall_seconds']:.1f} s; "
+          f"validation accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}; run saved in {args.out}")
+
+
+def cmd_classify_eval(args) -> None:
+    from .classify import evaluate_classifier, format_report
+    from .train import resolve_device
+
+    report = evaluate_classifier(args.run, args.data, args.text_column, args.label_column, args.encoding,
+                                 png=args.png, device=str(resolve_device(args.device)))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"{args.run} on {args.data}")
+    print(format_report(report))
+    print(f"\nconfusion matrix drawn in {report['png']}")
+
+
+def cmd_classify_predict(args) -> None:
+    from .classify import predict
+    from .train import resolve_device
+
+    texts = [line.rstrip("\n") for line in sys.stdin if line.strip()] if args.texts == ["-"] else args.texts
+    for r in predict(args.run, texts, device=str(resolve_device(args.device))):
+        if args.json:
+            print(json.dumps(r))
+        else:
+            probs = "  ".join(f"{label} {p:.4f}" for label, p in r["probabilities"].items())
+            print(f"{r['label']}\t{probs}\t{r['text']}")
+
+
+def cmd_classify_split(args) -> None:
+    from .classify import split_file
+
+    info = split_file(args.source, args.out, fraction=args.fraction, seed=args.seed, text_column=args.text_column,
+                      label_column=args.label_column, encoding=args.encoding)
+    print(f"wrote {Path(args.out) / 'train.tsv'} ({info['train']:,} texts) and {Path(args.out) / 'test.tsv'} "
+          f"({info['test']:,} texts); labels {', '.join(info['labels'])}")
 
 
 # --------------------------------------------------------------------------- demo
@@ -388,6 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_prepare, _add_train, _add_eval, _add_generate, _add_compare, _add_ngram, _add_convert,
                 _add_demo):
         add(sub)
+    _add_classify(sub)
     return parser
 
 

@@ -100,3 +100,33 @@ def evaluate_text(model, tokenizer, text: str, **kwargs) -> EvalResult:
     if not text:
         raise LmlabError("the evaluation text is empty.")
     return evaluate_ids(model, tokenizer, tokenizer.encode(text), text=text, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Classification: accuracy, per-class and macro precision / recall / F1, confusion matrix
+# ---------------------------------------------------------------------------------------------
+
+
+def classification_report(y_true, y_pred, labels: list[str]) -> dict:
+    """Metrics of predicted class indices against true ones (0 <= index < len(labels)).
+
+    Precision of a class = TP / predicted as it, recall = TP / truly it, F1 their harmonic mean; a class never
+    predicted (or absent) has 0 where the ratio is 0/0, as scikit-learn's zero_division=0. Macro = unweighted
+    mean over the classes. confusion[i][j] counts texts of class i predicted as j.
+    """
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    if y_true.shape != y_pred.shape or y_true.size == 0:
+        raise LmlabError("classification metrics need as many predictions as labels, and at least one.")
+    k = len(labels)
+    confusion = np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)
+    tp = np.diag(confusion).astype(np.float64)
+    predicted, actual = confusion.sum(0), confusion.sum(1)
+    precision = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
+    recall = np.divide(tp, actual, out=np.zeros(k), where=actual > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=(precision + recall) > 0)
+    per_class = {label: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                         "support": int(actual[i])} for i, label in enumerate(labels)}
+    return {"accuracy": float(tp.sum() / y_true.size), "examples": int(y_true.size),
+            "macro_precision": float(precision.mean()), "macro_recall": float(recall.mean()),
+            "macro_f1": float(f1.mean()), "per_class": per_class, "labels": list(labels),
+            "confusion": confusion.tolist()}

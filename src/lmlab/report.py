@@ -108,3 +108,27 @@ def plot_curves(series: dict[str, list[tuple[int, float]]], out_png: str | Path,
     if series:
         ax.legend()
     _save_png(fig, out_png)
+
+
+def plot_confusion(matrix, labels: list[str], out_png: str | Path, title: str = "confusion matrix") -> None:
+    """A confusion matrix as a heat map: rows the true labels, columns the predictions, counts in the cells."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(labels)
+    fig, ax = plt.subplots(figsize=(2.5 + 0.6 * n, 2 + 0.6 * n), dpi=110)
+    image = ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    peak = max(1, max(max(row) for row in matrix))
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(matrix[i][j]), ha="center", va="center",
+                    color="white" if matrix[i][j] > peak / 2 else "black")
+    ax.set_xticks(range(n), labels, rotation=30 if n > 4 else 0, ha="right" if n > 4 else "center")
+    ax.set_yticks(range(n), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    _save_png(fig, out_png)
