@@ -93,11 +93,20 @@ def cmd_train(args) -> None:
 # --------------------------------------------------------------------------- eval
 
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="perplexity and bits per token/char/byte of a model on a text",
-                       description="Evaluate a run on a text file or a prepared .bin split.")
+    p = sub.add_parser("eval", help="perplexity and bits per token/char/byte of a model on a text; "
+                                    "BLEU / chrF / ROUGE of a seq2seq run",
+                       description="Evaluate a run on a text file or a prepared .bin split. A seq2seq run is "
+                                   "scored instead on its output: --data holds the input lines, --refs the "
+                                   "reference lines, --metric bleu|chrf (sacrebleu) or rouge (rouge-score).")
     p.add_argument("run", help="run directory, or an n-gram model (.arpa / .npz)")
     p.add_argument("--data", required=True, help="a text file, or a val.bin/train.bin written by lmlab prepare")
     p.add_argument("--stride", type=int, default=None, help="sliding-window stride (default block_size/2)")
+    p.add_argument("--refs", help="seq2seq: reference file, one line per line of --data")
+    p.add_argument("--metric", default=None, help="seq2seq: bleu (default), chrf or rouge")
+    p.add_argument("--num-beams", type=int, default=1, help="seq2seq: beam size (1 = greedy)")
+    p.add_argument("--length-penalty", type=float, default=1.0, help="seq2seq beam search: score / length ** this")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="seq2seq: longest output (capped at block_size)")
+    p.add_argument("--hyps", help="seq2seq: also write the model's output lines to this file")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.set_defaults(func=cmd_eval)
@@ -108,7 +117,12 @@ def cmd_eval(args) -> None:
     from .metrics import evaluate_ids, evaluate_text
     from .train import resolve_device
 
+    if args.refs is not None or args.metric is not None:
+        return cmd_eval_seq2seq(args)
     model, tokenizer = load(args.run, device=str(resolve_device(args.device)))
+    if getattr(model, "family", None) == "seq2seq":
+        raise LmlabError(f"{args.run} is a seq2seq run: score its output against references with "
+                         "--refs FILE [--metric bleu|chrf|rouge].")
     kwargs = {"stride": args.stride} if args.stride is not None else {}
     path = Path(args.data)
     if path.suffix == ".bin":
@@ -133,6 +147,42 @@ def cmd_eval(args) -> None:
     for name in ("cross_entropy", "perplexity", "bits_per_token", "bits_per_char", "bits_per_byte"):
         print(f"  {name:<15} {getattr(result, name):.4f}")
     print(f"  {'tokens/s':<15} {result.tokens_per_sec:,.0f}")
+
+
+def cmd_eval_seq2seq(args) -> None:
+    """lmlab eval RUN --data SRC --refs REF --metric bleu|chrf|rouge: decode SRC, score against REF."""
+    from .files import atomic_write_text
+    from .generate import GenerationConfig
+    from .metrics import TEXT_METRICS, text_metric
+    from .seq2seq import load_seq2seq, read_lines, translate
+    from .train import resolve_device
+
+    metric = (args.metric or "bleu").lower()
+    if metric not in TEXT_METRICS:
+        raise LmlabError(f"unknown metric {args.metric!r}; use --metric {', '.join(TEXT_METRICS)}.")
+    if args.refs is None:
+        raise LmlabError("--metric scores a seq2seq run's output against references; give --refs FILE too.")
+    sources, refs = read_lines(args.data), read_lines(args.refs)
+    if len(sources) != len(refs):
+        raise LmlabError(f"{args.data} has {len(sources):,} lines but {args.refs} has {len(refs):,}; give one "
+                         "reference line per input line.")
+    model, tokenizer = load_seq2seq(args.run, device=str(resolve_device(args.device)))
+    cfg = GenerationConfig(temperature=0.0, num_beams=args.num_beams, length_penalty=args.length_penalty,
+                           max_new_tokens=args.max_new_tokens)
+    cfg.validate()
+    hyps = translate(model, tokenizer, sources, cfg, progress=not args.json and sys.stderr.isatty())
+    if args.hyps:
+        atomic_write_text(args.hyps, "".join(h + "\n" for h in hyps))
+    result = text_metric(hyps, refs, metric)
+    result.update(run=str(args.run), data=str(args.data), refs=str(args.refs), lines=len(hyps),
+                  num_beams=args.num_beams)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    decoding = f"beam {args.num_beams}" if args.num_beams > 1 else "greedy"
+    print(f"{args.run} on {args.data} ({len(hyps):,} lines, {decoding}) against {args.refs}:")
+    print(f"  {result['text']}")
+    print(f"  signature: {result['signature']}")
 
 
 def read_text(path: Path) -> str:
@@ -504,6 +554,172 @@ def cmd_classify_split(args) -> None:
           f"({info['test']:,} texts); labels {', '.join(info['labels'])}")
 
 
+# --------------------------------------------------------------------------- seq2seq
+
+def _add_seq2seq(sub) -> None:
+    p = sub.add_parser("seq2seq", help="encoder-decoder Transformer: prepare pairs, train, translate, pretrain",
+                       description="Translation / summarization with an encoder-decoder Transformer: prepare "
+                                   "parallel text with a shared BPE vocabulary, train with the one Trainer, "
+                                   "decode with greedy, sampling or beam search, pretrain as a denoising "
+                                   "autoencoder. Score with `lmlab eval RUN --data SRC --refs REF --metric bleu`.")
+    verbs = p.add_subparsers(dest="seq2seq_command", metavar="VERB")
+    verbs.required = True
+
+    def noise_options(q):
+        d = {"mask_ratio": 0.3, "poisson_lambda": 3.0, "delete": 0.1, "shuffle_window": 3.0}
+        q.add_argument("--mask-ratio", type=float, default=d["mask_ratio"],
+                       help="share of tokens masked in spans, one <mask> per span (default 0.3)")
+        q.add_argument("--poisson-lambda", type=float, default=d["poisson_lambda"], help="mean span length (3)")
+        q.add_argument("--delete", type=float, default=d["delete"], help="token deletion probability (0.1)")
+        q.add_argument("--shuffle-window", type=float, default=d["shuffle_window"],
+                       help="local shuffle: tokens move by less than this many places (3; 0 = off)")
+
+    q = verbs.add_parser("prepare", help="tokenize parallel files (or monolingual text, --text) into a data dir",
+                         description="Tokenize sentence pairs (--src/--tgt, one sentence per line, aligned) or "
+                                     "monolingual lines for denoising (--text) with one BPE vocabulary shared by "
+                                     "both sides. Pairs with an empty side are skipped (and counted).")
+    q.add_argument("--src", help="source-language file, one sentence per line")
+    q.add_argument("--tgt", help="target-language file, aligned with --src")
+    q.add_argument("--val-src", help="validation source file (default: hold out --val-fraction of the pairs)")
+    q.add_argument("--val-tgt", help="validation target file")
+    q.add_argument("--text", help="instead of pairs: monolingual lines for denoising pretraining")
+    q.add_argument("--val-text", help="validation lines for --text (default: hold out --val-fraction)")
+    q.add_argument("--vocab-size", type=int, default=None, help="size of the shared BPE vocabulary (e.g. 8000)")
+    q.add_argument("--tokenizer", help="reuse the vocabulary of a prepared dir or run (needed to fine-tune it)")
+    q.add_argument("--val-fraction", type=float, default=0.05)
+    q.add_argument("--out", required=True, help="output directory")
+    noise_options(q)
+    q.set_defaults(func=cmd_seq2seq_prepare)
+
+    t = verbs.add_parser("train", help="train (or fine-tune with --init, or resume) a seq2seq model",
+                         description="Train an encoder-decoder from a YAML config (model.family: seq2seq) with "
+                                     "the one Trainer; any field can be overridden, e.g. --train.max_iters 2000.")
+    t.add_argument("--config", help="YAML config, e.g. configs/multi30k-de-en.yaml")
+    t.add_argument("--out", help="run directory (default: runs/<config name>)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    t.add_argument("--init", metavar="RUN_DIR", help="fine-tune from a run's weights (e.g. `seq2seq pretrain`'s)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_seq2seq_train, accepts_overrides=True)
+
+    r = verbs.add_parser("translate", help="decode input lines (a file or stdin) to stdout, one line per line",
+                         description="Translate (or summarize) each input line; empty lines give empty lines. "
+                                     "Lines longer than the model's block_size are cut, with a note on stderr.")
+    r.add_argument("run", help="seq2seq run directory")
+    r.add_argument("--input", default="-", help="input file (default '-': stdin)")
+    r.add_argument("--num-beams", type=int, default=1, help="beam size (1 = greedy or sampling)")
+    r.add_argument("--length-penalty", type=float, default=1.0, help="beam score = sum log p / length ** this")
+    r.add_argument("--max-new-tokens", type=int, default=200, help="longest output (capped at block_size)")
+    r.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    r.add_argument("--top-k", type=int, default=None)
+    r.add_argument("--top-p", type=float, default=None)
+    r.add_argument("--seed", type=int, default=None)
+    r.add_argument("--batch-size", type=int, default=64, help="sources decoded together (greedy / sampling)")
+    r.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    r.set_defaults(func=cmd_seq2seq_translate)
+
+    e = verbs.add_parser("pretrain", help="denoising-autoencoder pretraining on monolingual text",
+                         description="Train the encoder-decoder to rebuild each line of --text from a corrupted "
+                                     "copy (local shuffle, token deletion, span masking: BART-style); then "
+                                     "fine-tune on pairs with `lmlab seq2seq train --init RUN`. Give --tokenizer "
+                                     "the parallel data's directory so both share one vocabulary.")
+    e.add_argument("--text", required=True, help="monolingual text, one sentence per line")
+    e.add_argument("--val-text", help="validation lines (default: hold out --val-fraction)")
+    e.add_argument("--tokenizer", help="the vocabulary to use: the parallel data's prepared directory")
+    e.add_argument("--vocab-size", type=int, default=None, help="build a new vocabulary from --text instead")
+    e.add_argument("--val-fraction", type=float, default=0.05)
+    e.add_argument("--config", required=True, help="YAML config: its model and train sections are used")
+    e.add_argument("--out", required=True, help="run directory; the prepared text goes to OUT/data")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    noise_options(e)
+    e.set_defaults(func=cmd_seq2seq_pretrain, accepts_overrides=True)
+
+
+def _noise(args) -> dict:
+    return {"mask_ratio": args.mask_ratio, "poisson_lambda": args.poisson_lambda, "delete": args.delete,
+            "shuffle_window": args.shuffle_window}
+
+
+def cmd_seq2seq_prepare(args) -> None:
+    from .seq2seq import prepare_denoise, prepare_pairs
+
+    if args.text is not None:
+        if args.src or args.tgt or args.val_src or args.val_tgt:
+            raise LmlabError("give either --text (monolingual, for denoising) or --src and --tgt (pairs), not both.")
+        meta = prepare_denoise(args.text, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+                               val_fraction=args.val_fraction, noise=_noise(args), val_text=args.val_text)
+        what = "lines"
+    else:
+        if not args.src or not args.tgt:
+            raise LmlabError("lmlab seq2seq prepare needs --src and --tgt (parallel files), or --text.")
+        meta = prepare_pairs(args.src, args.tgt, args.out, val_src=args.val_src, val_tgt=args.val_tgt,
+                             tokenizer=args.tokenizer, vocab_size=args.vocab_size, val_fraction=args.val_fraction)
+        what = "pairs"
+    tr, va = meta["train"], meta["val"]
+    skipped = tr["skipped_empty"] + va["skipped_empty"]
+    note = f"; skipped {skipped:,} pair(s) with an empty side" if skipped else ""
+    print(f"wrote {args.out}: {meta['task']}, shared vocab {meta['vocab_size']:,}, train {tr['pairs']:,} {what} "
+          f"({tr['src_tokens']:,} + {tr['tgt_tokens']:,} tokens), val {va['pairs']:,} {what}{note}")
+
+
+def _check_seq2seq_config(cfg) -> None:
+    if cfg.model.family != "seq2seq":
+        raise LmlabError(f"the config's model.family is {cfg.model.family!r}; lmlab seq2seq trains model.family "
+                         "seq2seq (use `lmlab train` for other families).")
+
+
+def cmd_seq2seq_train(args) -> None:
+    from .config import load_config
+    from .train import init_config, resume_config
+
+    if args.resume:
+        _check_seq2seq_config(resume_config(args.resume, args.overrides))
+    elif args.config:
+        _check_seq2seq_config(init_config(args.init, args.config, args.overrides) if args.init
+                              else load_config(args.config, args.overrides))
+    cmd_train(args)
+
+
+def cmd_seq2seq_translate(args) -> None:
+    from .generate import GenerationConfig
+    from .seq2seq import load_seq2seq, read_lines, translate
+    from .train import resolve_device
+
+    cfg = GenerationConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                           num_beams=args.num_beams, length_penalty=args.length_penalty,
+                           max_new_tokens=args.max_new_tokens)
+    cfg.validate()
+    if args.batch_size < 1:
+        raise LmlabError(f"--batch-size must be >= 1, got {args.batch_size}.")
+    if args.input == "-":
+        lines = [line.strip() for line in sys.stdin.read().splitlines()]
+    else:
+        lines = read_lines(args.input)
+    model, tokenizer = load_seq2seq(args.run, device=str(resolve_device(args.device)))
+    for line in translate(model, tokenizer, lines, cfg, batch_size=args.batch_size):
+        sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def cmd_seq2seq_pretrain(args) -> None:
+    from .config import load_config
+    from .seq2seq import prepare_denoise
+    from .train import train
+
+    out = Path(args.out)
+    if (out / "trainer_state.pt").exists():
+        raise LmlabError(f"{out} already holds a run; choose another --out.")
+    overrides = dict(args.overrides)
+    overrides["data.dir"] = str(out / "data")
+    cfg = load_config(args.config, overrides)
+    _check_seq2seq_config(cfg)
+    meta = prepare_denoise(args.text, out / "data", tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+                           val_fraction=args.val_fraction, noise=_noise(args), val_text=args.val_text)
+    print(f"denoising data: {meta['train']['pairs']:,} train lines, {meta['val']['pairs']:,} val lines in {out / 'data'}")
+    summary = train(cfg, out, progress=not args.quiet)
+    print(f"done: step {summary['step']}, best val loss {summary['best_val_loss']:.4f}; pretrained run in {out}; "
+          f"fine-tune it with `lmlab seq2seq train --config CONFIG --init {out}`")
+
+
 # --------------------------------------------------------------------------- demo
 
 def _add_demo(sub) -> None:
@@ -529,6 +745,7 @@ def build_parser() -> argparse.ArgumentParser:
                 _add_demo):
         add(sub)
     _add_classify(sub)
+    _add_seq2seq(sub)
     return parser
 
 

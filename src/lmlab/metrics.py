@@ -130,3 +130,49 @@ def classification_report(y_true, y_pred, labels: list[str]) -> dict:
             "macro_precision": float(precision.mean()), "macro_recall": float(recall.mean()),
             "macro_f1": float(f1.mean()), "per_class": per_class, "labels": list(labels),
             "confusion": confusion.tolist()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Translation and summarization: BLEU and chrF (sacrebleu), ROUGE-1/2/L (rouge-score)
+# ---------------------------------------------------------------------------------------------
+
+TEXT_METRICS = ("bleu", "chrf", "rouge")
+
+
+def text_metric(hypotheses: list[str], references: list[str], metric: str) -> dict:
+    """Corpus score of hypotheses against one reference each, by the standard implementations.
+
+    bleu / chrf: sacrebleu's corpus BLEU (13a tokenization, exp smoothing, detokenized input) and chrF2, with
+    sacrebleu's signature. rouge: rouge-score's ROUGE-1, ROUGE-2 and ROUGE-L F-measures (Porter stemming),
+    averaged over the pairs, x 100. Returns {"metric", "score", "text", "signature"[, "rouge1", "rouge2",
+    "rougeL"]}.
+    """
+    if metric not in TEXT_METRICS:
+        raise LmlabError(f"unknown metric {metric!r}; use {', '.join(TEXT_METRICS)}.")
+    if len(hypotheses) != len(references):
+        raise LmlabError(f"there are {len(hypotheses):,} hypotheses but {len(references):,} references; "
+                         "give one reference line per input line.")
+    if not hypotheses:
+        raise LmlabError("there is nothing to score: no input lines.")
+    if metric in ("bleu", "chrf"):
+        from sacrebleu.metrics import BLEU, CHRF
+
+        scorer = BLEU() if metric == "bleu" else CHRF()
+        result = scorer.corpus_score(hypotheses, [references])
+        return {"metric": metric, "score": float(result.score), "text": str(result),
+                "signature": str(scorer.get_signature())}
+    from importlib.metadata import version
+
+    from rouge_score import rouge_scorer
+
+    names = ("rouge1", "rouge2", "rougeL")
+    scorer = rouge_scorer.RougeScorer(list(names), use_stemmer=True)
+    totals = dict.fromkeys(names, 0.0)
+    for hyp, ref in zip(hypotheses, references):
+        scores = scorer.score(ref, hyp)
+        for name in names:
+            totals[name] += scores[name].fmeasure
+    out = {name: 100 * totals[name] / len(hypotheses) for name in names}
+    text = " ".join(f"{n.upper().replace('ROUGE', 'ROUGE-')} {out[n]:.2f}" for n in names)
+    return {"metric": "rouge", "score": out["rougeL"], "text": text, **out,
+            "signature": f"rouge-score {version('rouge-score')}|F-measure|stemmer:porter|mean over {len(hypotheses)} pairs"}

@@ -10,6 +10,7 @@ from importlib import import_module
 FAMILIES = {
     "gpt": ("gpt", "GPTConfig", "GPT"),
     "rnn": ("rnn", "RNNConfig", "RNNLM"),
+    "seq2seq": ("seq2seq", "Seq2SeqConfig", "Seq2Seq"),  # encoder-decoder (translation, summarization, denoising)
     # BERT-style encoder (masked-LM pretraining; with num_labels a classifier) and the other text classifiers
     "encoder": ("encoder", "EncoderConfig", "Encoder"),
     "rnn_classifier": ("rnn", "RNNClassifierConfig", "RNNClassifier"),

@@ -138,3 +138,57 @@ class PostLNBlock(nn.Module):
     def forward(self, x, attn_mask=None):
         x = self.ln_1(x + self.attn(x, attn_mask=attn_mask))
         return self.ln_2(x + self.mlp(x))
+
+
+class CrossAttention(nn.Module):
+    """Encoder-decoder attention (Vaswani et al. 2017, sec. 3.2.3): queries from the decoder stream x [B, T, C],
+    keys and values from the encoder output ("memory") [B, S, C].
+
+    `memory_kv(memory)` projects the memory once into keys/values [B, H, S, hs]; decoding computes them once
+    per source and reuses them at every step. `mask` [B, 1, 1, S] (bool, True = attend) hides source padding.
+    """
+
+    def __init__(self, n_embd: int, n_head: int, bias: bool, dropout: float):
+        super().__init__()
+        self.n_head, self.dropout = n_head, dropout
+        self.q = nn.Linear(n_embd, n_embd, bias=bias)
+        self.kv = nn.Linear(n_embd, 2 * n_embd, bias=bias)
+        self.proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def memory_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, S, C = memory.shape
+        k, v = self.kv(memory).view(B, S, 2, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        return k, v
+
+    def forward(self, x, kv: tuple[torch.Tensor, torch.Tensor], mask=None):
+        B, T, C = x.shape
+        q = self.q(x).view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(B, T, C)))
+
+
+class DecoderBlock(nn.Module):
+    """Transformer decoder block: causal self-attention (with an optional KV cache), cross-attention over the
+    encoder output, MLP. pre_norm: x + Sub(LN(x)) for each sub-layer (GPT-2 style); else LN(x + Sub(x))
+    (Vaswani et al. 2017)."""
+
+    def __init__(self, n_embd, n_head, bias, dropout, activation="gelu", eps=1e-5, pre_norm=True):
+        super().__init__()
+        self.pre_norm = pre_norm
+        self.ln_1 = nn.LayerNorm(n_embd, eps=eps, bias=bias)
+        self.attn = SelfAttention(n_embd, n_head, bias, dropout, causal=True)
+        self.ln_cross = nn.LayerNorm(n_embd, eps=eps, bias=bias)
+        self.cross = CrossAttention(n_embd, n_head, bias, dropout)
+        self.ln_2 = nn.LayerNorm(n_embd, eps=eps, bias=bias)
+        self.mlp = MLP(n_embd, bias, dropout, activation)
+
+    def forward(self, x, memory_kv, memory_mask=None, cache: KVCache | None = None, layer: int = 0):
+        if self.pre_norm:
+            x = x + self.attn(self.ln_1(x), cache, layer)
+            x = x + self.cross(self.ln_cross(x), memory_kv, memory_mask)
+            return x + self.mlp(self.ln_2(x))
+        x = self.ln_1(x + self.attn(x, cache, layer))
+        x = self.ln_cross(x + self.cross(x, memory_kv, memory_mask))
+        return self.ln_2(x + self.mlp(x))
