@@ -141,6 +141,25 @@ def test_label_batches_are_a_pure_function_of_the_index():
     assert data.batch("val", 1)[0].shape[0] == 1 and data.batches("val") == 2
 
 
+def test_group_by_length_batches_cover_the_epoch_with_less_padding(mr):
+    texts = mr[0][:2000]
+    ids = [t.split() for t in texts]  # any lists: only lengths matter here
+    ids = [[1] * len(r) for r in ids]
+    plain = LabelBatches({"train": (ids, [0] * len(ids))}, 16, 0, seed=3)
+    grouped = LabelBatches({"train": (ids, [0] * len(ids))}, 16, 0, seed=3, group_by_length=True)
+    per_epoch = grouped.batches("train")
+    for data in (plain, grouped):
+        seen = np.concatenate([data.order("train", 1)])
+        assert sorted(seen.tolist()) == list(range(len(ids)))
+    cells = {name: sum(d.batch("train", per_epoch + i)[0].numel() for i in range(per_epoch))
+             for name, d in (("plain", plain), ("grouped", grouped))}
+    real = sum(len(r) for r in ids)
+    assert cells["grouped"] < 1.1 * real < 1.1 * cells["plain"]  # almost no padding left
+    assert torch.equal(grouped.batch("train", 130)[0], LabelBatches({"train": (ids, [0] * len(ids))}, 16, 0, seed=3,
+                                                                    group_by_length=True).batch("train", 130)[0])
+    assert not np.array_equal(grouped.order("train", 0), grouped.order("train", 1))
+
+
 def _padding_free(model, rows):
     """Each row's logits alone equal its logits in a right-padded batch with longer rows."""
     model.eval()

@@ -212,3 +212,21 @@ def test_config_and_weights_that_do_not_belong_together(tmp_path, capsys):
         code, out, err = run_main(["convert", "--from", "hf-bert", bad, "--out", tmp_path / "run"], capsys)
         assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
         assert not (tmp_path / "run").exists()
+
+
+@needs_minilm
+def test_converted_run_initialises_a_classifier(minilm_run, hf_bert, reviews):
+    """`classify train --init RUN` on the converted run starts from exactly the MiniLM weights."""
+    from lmlab.classify import _from_init
+    from lmlab.config import load_config
+    from lmlab.models import build_model
+
+    model_cfg, tok, tensors = _from_init("encoder", minilm_run, 64, 2, {"pooling": "mean"})
+    assert model_cfg["num_labels"] == 2 and model_cfg["pooler"] and tok.kind == "wordpiece"
+    clf = build_model(load_config(None, None, base={"model": model_cfg}).model).eval()
+    clf.load_state_dict(tensors, strict=False)
+    ids, mask = collate(tok.encode_special(reviews[:3], 64), tok.pad_id)
+    with torch.no_grad():
+        want = hf_bert(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+        assert (clf.hidden(ids, mask) - want)[mask].abs().max().item() < 1e-4
+        assert clf.logits(ids, mask).shape == (3, 2)

@@ -22,6 +22,8 @@ _EXPORTS = {
     "GPT": "models.gpt", "GPTConfig": "models.gpt", "RNNLM": "models.rnn", "RNNConfig": "models.rnn",
     "TokenStreams": "data", "compare": "compare", "Tokenizer": "tokenizer", "load_tokenizer": "tokenizer",
     "Trainer": "train", "train": "train",
+    "Encoder": "models.encoder", "EncoderConfig": "models.encoder", "train_classifier": "classify",
+    "evaluate_classifier": "classify", "load_classifier": "classify", "read_labeled": "classify",
 }
 __version__ = "0.1.0"
 __all__ = sorted(_EXPORTS)

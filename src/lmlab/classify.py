@@ -205,15 +205,44 @@ def collate(rows: list[list[int]], pad_id: int):
 
 
 class LabelBatches:
-    """Batches of (ids, mask, labels) for the Trainer.
+    """Batches of (ids, mask, labels) for the Trainer, each padded to its longest text.
 
-    train: each epoch is a permutation of the training texts drawn from (seed, epoch); batch `index` is the
-    slice index mod batches-per-epoch of epoch index // batches-per-epoch, so `batch` is a pure function of
-    the index (exact resume). val: the texts in order, batch_size at a time (batch i mod the count).
+    train: each epoch is an order of the training texts drawn from (seed, epoch); batch `index` is the slice
+    index mod batches-per-epoch of epoch index // batches-per-epoch, so `batch` is a pure function of the index
+    (exact resume). With group_by_length (HF Trainer's option of that name), the shuffled texts are cut into
+    mega-batches of 50 batches, each sorted by length, and the resulting batches are shuffled: texts of similar
+    length share a batch, so little of it is padding. Without it the order is a plain permutation.
+    val: the texts sorted by length, batch_size at a time (batch i mod the count).
     """
 
-    def __init__(self, splits: dict[str, tuple[list[list[int]], list[int]]], batch_size: int, pad_id: int, seed: int):
+    MEGA = 50  # batches per length-sorted mega-batch
+
+    def __init__(self, splits: dict[str, tuple[list[list[int]], list[int]]], batch_size: int, pad_id: int, seed: int,
+                 group_by_length: bool = False):
         self.splits, self.batch_size, self.pad_id, self.seed = splits, batch_size, pad_id, seed
+        self.group_by_length = group_by_length
+        self._orders: dict = {}
+
+    def order(self, name: str, epoch: int) -> np.ndarray:
+        """The order of the texts of split `name` in `epoch` (cached)."""
+        key = (name, epoch if name == "train" else 0)
+        if key not in self._orders:
+            ids = self.split(name)[0]
+            lengths = np.array([len(r) for r in ids])
+            if name != "train":
+                order = np.argsort(lengths, kind="stable")
+            else:
+                rng = np.random.default_rng([self.seed, epoch])
+                order = rng.permutation(len(ids))
+                if self.group_by_length:
+                    mega = self.batch_size * self.MEGA
+                    order = np.concatenate([c[np.argsort(-lengths[c], kind="stable")]
+                                            for c in (order[i:i + mega] for i in range(0, len(order), mega))])
+                    batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+                    order = np.concatenate([batches[b] for b in rng.permutation(len(batches))])
+            self._orders = {k: v for k, v in self._orders.items() if k[0] != name}  # keep one epoch per split
+            self._orders[key] = order
+        return self._orders[key]
 
     def split(self, name: str):
         if not self.splits.get(name) or not self.splits[name][0]:
@@ -227,13 +256,8 @@ class LabelBatches:
         import torch
 
         ids, labels = self.split(name)
-        per_epoch = self.batches(name)
-        epoch, pos = divmod(int(index), per_epoch)
-        if name == "train":
-            order = np.random.default_rng([self.seed, epoch]).permutation(len(ids))
-        else:
-            order = np.arange(len(ids))
-        rows = order[pos * self.batch_size:(pos + 1) * self.batch_size]
+        epoch, pos = divmod(int(index), self.batches(name))
+        rows = self.order(name, epoch)[pos * self.batch_size:(pos + 1) * self.batch_size]
         x, mask = collate([ids[i] for i in rows], self.pad_id)
         return x, mask, torch.as_tensor([labels[i] for i in rows], dtype=torch.long)
 
@@ -357,13 +381,15 @@ def train_classifier(train, out, kind: str = "encoder", val=None, init=None, tex
                      label_column: str = "label", encoding: str = "utf-8", val_fraction: float = 0.1,
                      split_seed: int = 0, max_length: int = 128, epochs: int | None = None,
                      batch_size: int | None = None, learning_rate: float | None = None, seed: int = 1337,
-                     overrides: dict | None = None, progress: bool = True, **options) -> dict:
+                     group_by_length: bool = True, overrides: dict | None = None, progress: bool = True,
+                     **options) -> dict:
     """Train a classifier of `kind` on the labelled texts of `train` into the run directory `out`.
 
     Without `val`, round(val_fraction * n) of the training texts (a split_indices(n, val_fraction, split_seed)
     split) are held out for validation. `init` is an lmlab run (an MLM-pretrained or converted encoder; a GPT)
     or a Hugging Face BERT directory. `options`: pooling, pooler, bidirectional, lm_loss_weight, dropout,
-    vocab_size (from-scratch tokenizer). `overrides`: dotted config fields (model.X, train.X), applied last.
+    vocab_size (from-scratch tokenizer). `group_by_length`: training batches of similar lengths (LabelBatches).
+    `overrides`: dotted config fields (model.X, train.X), applied last.
     Returns the Trainer's summary plus the validation metrics.
     """
     import torch
@@ -417,7 +443,7 @@ def train_classifier(train, out, kind: str = "encoder", val=None, init=None, tex
     length = min(max_length, getattr(cfg.model, "block_size", None) or max_length)
     encoded = {"train": (encode_texts(tokenizer, train_texts, length, fmt), [index[l] for l in train_labels]),
                "val": (encode_texts(tokenizer, val_texts, length, fmt), [index[l] for l in val_labels])}
-    data = LabelBatches(encoded, cfg.train.batch_size, _pad_id(cfg.model), cfg.train.seed)
+    data = LabelBatches(encoded, cfg.train.batch_size, _pad_id(cfg.model), cfg.train.seed, group_by_length)
 
     torch.manual_seed(cfg.train.seed)
     net = build_model(cfg.model)

@@ -472,6 +472,8 @@ def _add_classify(sub) -> None:
                    help="gpt: weight of the auxiliary language-model loss (GPT-1 used 0.5; default 0)")
     t.add_argument("--dropout", type=float, default=None)
     t.add_argument("--vocab-size", type=int, default=None, help="vocabulary of a tokenizer built from --train")
+    t.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=True,
+                   help="batch texts of similar length together, less padding (default on)")
     t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_classify_train, accepts_overrides=True)
@@ -512,7 +514,8 @@ def cmd_classify_train(args) -> None:
                          text_column=args.text_column, label_column=args.label_column, encoding=args.encoding,
                          val_fraction=args.val_fraction, split_seed=args.split_seed, max_length=args.max_length,
                          epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
-                         overrides=overrides, progress=not args.quiet, **options)
+                         group_by_length=args.group_by_length, overrides=overrides, progress=not args.quiet,
+                         **options)
     m = s["val_metrics"]
     print(f"done: {args.model} classifier, {s['parameters']:,} parameters, {s['step']} steps in {s['wall_seconds']:.1f} s; "
           f"validation accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}; run saved in {args.out}")
