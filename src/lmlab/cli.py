@@ -723,6 +723,39 @@ def cmd_seq2seq_pretrain(args) -> None:
           f"fine-tune it with `lmlab seq2seq train --config CONFIG --init {out}`")
 
 
+# --------------------------------------------------------------------------- serve
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="serve models over an OpenAI-compatible HTTP API, with a browser playground",
+                       description="Serve runs (GPT, RNN, imported GPT-2) and n-gram models over HTTP: OpenAI-style "
+                                   "/v1/completions (streaming), /v1/models, /v1/score, /health, /metrics, and a "
+                                   "playground page at /. Concurrent requests are decoded together (continuous "
+                                   "batching).")
+    p.add_argument("models", nargs="+", metavar="RUN_OR_ARPA", help="run directories or n-gram files, as PATH or NAME=PATH")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other needs --api-key)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on /v1 and /metrics (or set LMLAB_API_KEY)")
+    p.add_argument("--max-batch", type=int, default=32, help="sequences decoded together per model")
+    p.add_argument("--max-tokens", type=int, default=512, help="cap on a request's max_tokens")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="cap on a request body (bytes)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds a request may take, queueing included")
+    p.add_argument("--max-queue", type=int, default=256, help="requests waiting for room before new ones get 503")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> None:
+    from .serve import serve
+    from .train import resolve_device
+
+    serve(args.models, host=args.host, port=args.port, api_key=args.api_key,
+          device=str(resolve_device(args.device)), log_level=args.log_level, max_tokens=args.max_tokens,
+          max_body_bytes=args.max_body_bytes, timeout=args.timeout, max_batch=args.max_batch,
+          max_queue=args.max_queue)
+
+
 # --------------------------------------------------------------------------- demo
 
 def _add_demo(sub) -> None:
@@ -749,6 +782,7 @@ def build_parser() -> argparse.ArgumentParser:
         add(sub)
     _add_classify(sub)
     _add_seq2seq(sub)
+    _add_serve(sub)
     return parser
 
 
