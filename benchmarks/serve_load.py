@@ -1,10 +1,11 @@
 """Load test of `lmlab serve`: 1, 8 and 32 concurrent streaming completions; aggregate tokens/s and time to first token.
 
-    python benchmarks/serve_load.py [--run RUN] [--concurrency 1 8 32] [--max-tokens 64] [--rounds 2]
+    python benchmarks/serve_load.py [--run RUN] [--concurrency 1 8 32] [--max-tokens 64] [--rounds 3] [--threads N]
 
 Starts `lmlab serve` in a subprocess on a free 127.0.0.1 port (loopback only) and fires, at each concurrency c,
 `rounds` waves of c streaming requests at once (different prompts of 16-64 characters, temperature 1, a seed
-each), reading the Server-Sent Events with a small asyncio HTTP client. Per level it prints the aggregate
+each), reading the Server-Sent Events with a small asyncio HTTP client. The levels take turns wave by wave, so
+a change in the load of a shared machine hits them alike. Per level it prints the aggregate
 completion tokens per second (all tokens of the level / its wall time), p50 / p95 time to first token, and the
 server's mean batch (decode-step rows / decode steps, from /metrics) — continuous batching at work. The goal:
 aggregate tokens/s at 32 streams >= 4x one stream.
@@ -103,20 +104,25 @@ def server_counter(port: int, name: str) -> float:
     return 0.0
 
 
-async def level(port: int, c: int, rounds: int, max_tokens: int, prompts: list[str], seed: int) -> dict:
-    ttft, tokens, wall = [], 0, 0.0
-    for r in range(rounds):
-        bodies = [{"model": "bench", "prompt": prompts[(seed + i) % len(prompts)], "max_tokens": max_tokens,
-                   "temperature": 1.0, "seed": seed + 1000 * r + i, "stream": True,
-                   "stream_options": {"include_usage": True}} for i in range(c)]
-        start = time.perf_counter()
-        results = await asyncio.gather(*(stream_completion(port, b) for b in bodies))
-        wall += time.perf_counter() - start
-        ttft += [first for first, _, _ in results]
-        tokens += sum(n for _, _, n in results)
-    ttft.sort()
-    return {"streams": c, "requests": c * rounds, "tokens": tokens, "seconds": wall, "tokens_per_s": tokens / wall,
-            "ttft_p50": statistics.median(ttft), "ttft_p95": ttft[min(len(ttft) - 1, round(0.95 * (len(ttft) - 1)))]}
+async def wave(port: int, c: int, max_tokens: int, prompts: list[str], seed: int) -> dict:
+    """c streaming requests at once: their tokens, wall time and times to first token."""
+    bodies = [{"model": "bench", "prompt": prompts[(seed + i) % len(prompts)], "max_tokens": max_tokens,
+               "temperature": 1.0, "seed": seed + i, "stream": True, "stream_options": {"include_usage": True}}
+              for i in range(c)]
+    start = time.perf_counter()
+    results = await asyncio.gather(*(stream_completion(port, b) for b in bodies))
+    return {"seconds": time.perf_counter() - start, "ttft": [first for first, _, _ in results],
+            "tokens": sum(n for _, _, n in results)}
+
+
+def summary(c: int, waves: list[dict], steps: float) -> dict:
+    tokens, seconds = sum(w["tokens"] for w in waves), sum(w["seconds"] for w in waves)
+    ttft = sorted(t for w in waves for t in w["ttft"])
+    requests = c * len(waves)
+    return {"streams": c, "requests": requests, "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
+            "ttft_p50": statistics.median(ttft), "ttft_p95": ttft[min(len(ttft) - 1, round(0.95 * (len(ttft) - 1)))],
+            # every step after a request's first token runs all its rows: rows ~ tokens - requests
+            "mean_batch": (tokens - requests) / steps if steps else float("nan")}
 
 
 def main() -> None:
@@ -124,7 +130,7 @@ def main() -> None:
     p.add_argument("--run", help="run directory to serve (default: a random-weight 6x384 char GPT)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--deadline", type=float, default=300, help="give up after this many seconds in all")
     p.add_argument("--threads", type=int, default=None, help="torch threads of the server (default: torch's)")
     args = p.parse_args()
@@ -153,25 +159,34 @@ def main() -> None:
                     if server.poll() is not None or time.monotonic() > deadline:
                         sys.exit("serve_load: the server did not start")
                     time.sleep(0.2)
-            asyncio.run(asyncio.wait_for(level(port, 1, 1, 8, prompts, 0), 60))  # warm-up
-            rows = []
-            for c in args.concurrency:
-                steps0 = server_counter(port, "lmlab_decode_steps")
-                left = args.deadline - (time.monotonic() - deadline + 60)
-                row = asyncio.run(asyncio.wait_for(level(port, c, args.rounds, args.max_tokens, prompts, 7 * c),
-                                                   max(left, 1)))
-                steps = server_counter(port, "lmlab_decode_steps") - steps0
-                # every step after a request's first token runs all its rows: rows ~ tokens - requests
-                row["mean_batch"] = (row["tokens"] - row["requests"]) / steps if steps else float("nan")
-                rows.append(row)
-                print(f"  {c:>2} streams: {row['tokens_per_s']:8.1f} tokens/s  TTFT p50 {1000 * row['ttft_p50']:7.1f} ms"
-                      f"  p95 {1000 * row['ttft_p95']:7.1f} ms  mean batch {row['mean_batch']:.1f}", file=sys.stderr)
+            for c in args.concurrency:  # warm-up: every batch shape once
+                asyncio.run(asyncio.wait_for(wave(port, c, 4, prompts, 0), 120))
+            # The levels take turns, wave after wave, so that a change in the machine's load hits them alike.
+            waves = {c: [] for c in args.concurrency}
+            steps = dict.fromkeys(args.concurrency, 0.0)
+            started = time.monotonic()
+            for r in range(args.rounds):
+                for c in args.concurrency:
+                    left = args.deadline - (time.monotonic() - started)
+                    if left <= 0:
+                        sys.exit("serve_load: --deadline reached")
+                    before = server_counter(port, "lmlab_decode_steps")
+                    waves[c].append(asyncio.run(asyncio.wait_for(wave(port, c, args.max_tokens, prompts, 7 * c + r),
+                                                                 left)))
+                    steps[c] += server_counter(port, "lmlab_decode_steps") - before
+            rows = [summary(c, waves[c], steps[c]) for c in args.concurrency]
+            for row in rows:
+                print(f"  {row['streams']:>2} streams: {row['tokens_per_s']:8.1f} tokens/s  TTFT p50 "
+                      f"{1000 * row['ttft_p50']:7.1f} ms  p95 {1000 * row['ttft_p95']:7.1f} ms  mean batch "
+                      f"{row['mean_batch']:.1f}", file=sys.stderr)
         finally:
             server.terminate()
             server.wait(20)
     base = rows[0]["tokens_per_s"]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\nlmlab serve, {'random-weight 6x384 char GPT' if not args.run else args.run}, {args.max_tokens} tokens "
-          f"per request, {args.rounds} waves per level, {os.cpu_count()} CPU cores\n")
+          f"per request, {args.rounds} interleaved waves per level, torch threads: {args.threads or 'default'}, "
+          f"{os.cpu_count()} CPU cores, load average {load:.1f}\n")
     print("| concurrent streams | requests | tokens/s (aggregate) | vs 1 stream | TTFT p50 | TTFT p95 | mean batch |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:

@@ -284,6 +284,8 @@ def test_bad_routes_methods_and_sizes(server):
     is_openai_error(httpx.get(url + "/v1/nothing"), 404)
     is_openai_error(httpx.delete(url + "/v1/completions"), 405)
     is_openai_error(httpx.get(url + "/v1/models/nope"), 404)
+    assert "/v1/completions" in httpx.get(url + "/openapi.json").json()["paths"]
+    is_openai_error(httpx.get(url + "/docs"), 404)  # its page would load scripts from a CDN
     error = is_openai_error(post(url, {"model": "tiny", "prompt": "a" * 70_000}), 413)
     assert "65,536 bytes" in error["message"]
     # a chunked body (no Content-Length) is cut off as well

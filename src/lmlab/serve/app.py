@@ -95,7 +95,7 @@ def validation_message(errors: list[dict]) -> tuple[str, str | None]:
             return "the request body is empty; send a JSON object.", None
         return f"'{field}' is required.", field
     if kind == "extra_forbidden":
-        return f"unknown field '{field}'; see /docs for the fields this server accepts.", field
+        return f"unknown field '{field}'; /openapi.json lists the fields this server accepts.", field
     msg = str(e.get("msg", "is invalid"))[:200]
     # a union (prompt, stop) reports one error per alternative: name the field once
     field = field.split(".")[0] if field else field
@@ -180,7 +180,8 @@ def create_app(models: dict[str, tuple], limits: Limits | None = None, api_key: 
         for s in served.values():
             await asyncio.to_thread(s.engine.stop)
 
-    app = FastAPI(title="lmlab", version="1", lifespan=lifespan,
+    # No /docs or /redoc: FastAPI's pages load their scripts from a CDN, and lmlab runs offline.
+    app = FastAPI(title="lmlab", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="OpenAI-compatible completions over lmlab models, with continuous batching.")
     app.state.served, app.state.limits = served, limits
 
@@ -222,9 +223,9 @@ def create_app(models: dict[str, tuple], limits: Limits | None = None, api_key: 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, e: StarletteHTTPException):
         if e.status_code == 404:
-            message = f"no such endpoint: {request.method} {request.url.path[:100]}; see /docs."
+            message = f"no such endpoint: {request.method} {request.url.path[:100]}; /openapi.json lists them."
         elif e.status_code == 405:
-            message = f"{request.method} is not allowed on {request.url.path[:100]}; see /docs."
+            message = f"{request.method} is not allowed on {request.url.path[:100]}; /openapi.json lists the methods."
         else:
             message = str(e.detail)
         return error_response(e.status_code, message, headers=getattr(e, "headers", None))
