@@ -75,12 +75,16 @@ def is_openai_error(response, status: int) -> dict:
 
 # ----------------------------------------------------------------------------------- the scheduler alone
 
-def run_engine(model, tok, jobs, max_batch=8, stagger=0.0):
-    """Submit (prompt, cfg) jobs to one Engine (optionally staggered, so they join a running batch); their texts."""
+def run_engine(model, tok, jobs, max_batch=8, join_every=0):
+    """Submit (prompt, cfg) jobs to one Engine, job i once the engine has run i x join_every decode steps (so they
+    join a running batch at different steps); their texts."""
     engine = Engine(model, tok, max_batch=max_batch)
     texts, done = [], []
     try:
-        for prompt, cfg in jobs:
+        for i, (prompt, cfg) in enumerate(jobs):
+            deadline = time.monotonic() + 30
+            while engine.steps < i * join_every and engine.running and time.monotonic() < deadline:
+                time.sleep(0.0005)
             pieces = {i: [] for i in range(cfg.num_return_sequences)}
             finished = threading.Event()
             engine.submit(Request([tok.encode(prompt)], cfg,
@@ -88,7 +92,6 @@ def run_engine(model, tok, jobs, max_batch=8, stagger=0.0):
                                   on_done=lambda err, f=finished: f.set()))
             texts.append(pieces)
             done.append(finished)
-            time.sleep(stagger)
         for f in done:
             assert f.wait(60)
     finally:
@@ -106,7 +109,7 @@ def test_continuous_batching_gives_each_request_what_it_gives_alone(family, mode
                                                                             repetition_penalty=1.3)]
     jobs = [(p, GenerationConfig(max_new_tokens=40 + 7 * i, **settings[i % len(settings)]))
             for i, p in enumerate(PROMPTS + PROMPTS[::-1])]
-    texts, engine = run_engine(model, tok, jobs, max_batch=8, stagger=0.003)
+    texts, engine = run_engine(model, tok, jobs, max_batch=8, join_every=3)
     for (prompt, cfg), got in zip(jobs, texts):
         assert got == [c.text for c in complete(model, tok, prompt, cfg)], (prompt, cfg)
     tokens = engine.tokens
