@@ -12,7 +12,7 @@ LMLAB=${LMLAB:-.venv/bin/lmlab}
 M30K=${M30K:-../shared/data/multi30k}
 CFG=configs/multi30k-de-en-ablation.yaml
 OUT=${OUT:-runs/ablation}
-STEPS=${STEPS:-800}
+STEPS=${STEPS:-500}
 mkdir -p "$OUT"
 time_it() { local start=$SECONDS; "$@"; echo "  ($((SECONDS - start)) s wall)"; }
 [ -f "$OUT/dae/model.safetensors" ] || time_it $LMLAB seq2seq pretrain --text "$M30K/train.en" --val-text "$M30K/val.en" \
