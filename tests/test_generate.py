@@ -308,3 +308,37 @@ def test_batched_prompts_bad_input(tiny_model):
         complete_batch(model, tok, [5], max_new_tokens=3)
     with pytest.raises(LmlabError, match="every row needs a real token"):
         model.logprobs_next(torch.tensor([[1, 2], [3, 4]]), None, pad=torch.tensor([0, 2]))
+
+
+# ----------------------------------------------------------------------------------- decoding speed paths
+
+def test_packed_decoding_linear_matches_and_follows_weight_updates():
+    from lmlab.models.layers import linear
+
+    layer = torch.nn.Linear(16, 32)
+    x = torch.randn(4, 1, 16)  # one position of 4 sequences: the packed path
+    with torch.inference_mode():
+        torch.testing.assert_close(linear(layer, x), layer(x), rtol=0, atol=1e-5)
+    with torch.no_grad():
+        layer.weight.mul_(2)  # e.g. an optimizer step between two generations
+    with torch.inference_mode():
+        torch.testing.assert_close(linear(layer, x), layer(x), rtol=0, atol=1e-5)
+        torch.testing.assert_close(linear(layer, x[:, 0]), layer(x[:, 0]), rtol=0, atol=1e-5)
+
+
+def test_lower_precision_decoding_is_an_opt_in_copy(tiny_model):
+    from lmlab.generate import decoding_model
+
+    model, tok = tiny_model
+    ids = torch.tensor([tok.encode("ROMEO:\nWhat say")])
+    want, _ = model.logprobs_next(ids)
+    for dtype, tolerance in (("bf16", 0.05), ("int8", 0.1)):  # measured: 0.011 and 0.035
+        low = decoding_model(model, dtype)
+        got, _ = low.logprobs_next(ids)
+        assert got.dtype == torch.float32 and (got - want).abs().max() < tolerance
+        text = generate(low, tok, "ROMEO:", max_new_tokens=20, temperature=0)[0]
+        assert len(text) == 20
+    assert model.wte.weight.dtype == torch.float32 and type(model.lm_head) is torch.nn.Linear  # untouched
+    assert decoding_model(model, "fp32") is model
+    with pytest.raises(LmlabError, match="dtype must be one of fp32, bf16, int8"):
+        decoding_model(model, "fp8")

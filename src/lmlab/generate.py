@@ -178,6 +178,38 @@ def model_device(model):
     return next(iter(model.parameters()), torch.empty(0)).device if hasattr(model, "parameters") else "cpu"
 
 
+DECODING_DTYPES = ("fp32", "bf16", "int8")
+
+
+def decoding_model(model, dtype: str = "fp32"):
+    """An opt-in lower-precision copy of a torch model for decoding; the model itself is left as it is.
+
+    "bf16": weights, activations and KV cache in bfloat16 (log-probabilities still come out in float32).
+    "int8": every nn.Linear, the LM head included, becomes a dynamically quantized one (int8 weights with one
+    scale per output channel, activations quantized on the fly; CPU only): a quarter of fp32's bytes to read
+    per token, which is what bounds batch-1 decoding. Both change the numbers (benchmarks/generate_throughput.py
+    reports the logit error against fp32). "fp32" returns the model unchanged. Models without weights (n-gram)
+    are returned as they are.
+    """
+    import copy
+    import warnings
+
+    if dtype not in DECODING_DTYPES:
+        raise LmlabError(f"dtype must be one of {', '.join(DECODING_DTYPES)}, got {dtype!r}.")
+    if dtype == "fp32" or not isinstance(model, torch.nn.Module):
+        return model
+    if dtype == "bf16":
+        return copy.deepcopy(model).to(torch.bfloat16).eval()
+    if model_device(model).type != "cpu":
+        raise LmlabError("int8 decoding runs on the CPU only; use --dtype bf16 on a GPU, or --device cpu.")
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
+        return quantize_dynamic(copy.deepcopy(model).eval(), {torch.nn.Linear: per_channel_dynamic_qconfig},
+                                dtype=torch.qint8)
+
+
 class Padding:
     """Left padding of a batch of prompts of different lengths: each row is right-aligned, and the columns
     before its first real token repeat that token (placeholders: never context).

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..errors import LmlabError
 from .base import NeuralLM
-from .layers import Block, KVCache, init_weights, sinusoidal_positions
+from .layers import Block, KVCache, init_weights, linear, sinusoidal_positions
 
 
 @dataclass
@@ -157,7 +157,7 @@ class GPT(NeuralLM):
             if pad is not None and bool((pad >= T).any()):
                 raise LmlabError(f"every row needs a real token: left padding {pad.tolist()} for {T} columns.")
         h = self.hidden(ids[:, state.length:], state, pad)
-        return F.log_softmax(self.lm_head(h[:, -1]).float(), dim=-1), state
+        return F.log_softmax(linear(self.lm_head, h[:, -1]).float(), dim=-1), state
 
     @staticmethod
     def reorder_state(state: KVCache, rows: torch.Tensor) -> KVCache:
