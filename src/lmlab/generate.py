@@ -263,6 +263,10 @@ def sample_steps(model, prompt_ids: list[int] | list[list[int]], cfg: Generation
                              f"prompt {i + 1} of {len(prompts)} is empty after tokenization; give non-empty prompts.")
     batch = batch or cfg.num_return_sequences
     device = model_device(model)
+    if torch.device(device).type == "cpu":
+        from .runtime import tune_allocator
+
+        tune_allocator()  # as the Trainer does: the step's large buffers (logits) reuse memory, no page faults
     generators = [g for _ in prompts for g in make_generators(cfg, first_sequence + batch)[first_sequence:]]
     rows = [p for p in prompts for _ in range(batch)]
     padding = Padding([len(p) for p in rows], device)
