@@ -113,7 +113,8 @@ class GPT(NeuralLM):
             # [B, 1, T, keys]: causal and not padding; a padding query sees itself (no empty row: no NaN).
             mask = ((keys <= cols[:, None]) & (keys >= pad[:, None, None])) | (keys == cols[:, None])
             mask = mask[:, None]
-        x = self.drop(self.wte(idx) + pos)
+        x = self.wte(idx) + pos
+        x = self.drop(x) if self.training else x
         for i, block in enumerate(self.blocks):
             x = block(x, cache, i, mask)
         if cache is not None:
