@@ -342,3 +342,14 @@ def test_lower_precision_decoding_is_an_opt_in_copy(tiny_model):
     assert decoding_model(model, "fp32") is model
     with pytest.raises(LmlabError, match="dtype must be one of fp32, bf16, int8"):
         decoding_model(model, "fp8")
+
+
+def test_cli_generate_dtype(tiny_run, capsys):
+    from conftest import run_main
+
+    argv = ["generate", tiny_run["run"], "--prompt", "KING", "--max-new-tokens", "12", "--temperature", "0"]
+    code, fp32, _ = run_main(argv, capsys)
+    code8, int8, _ = run_main(argv + ["--dtype", "int8"], capsys)
+    assert code == code8 == 0 and fp32.startswith("KING") and int8.startswith("KING") and len(int8) == len(fp32)
+    code, _, err = run_main(argv + ["--dtype", "fp8"], capsys)
+    assert code == 2 and "invalid choice: 'fp8'" in err
