@@ -353,3 +353,17 @@ def test_cli_generate_dtype(tiny_run, capsys):
     assert code == code8 == 0 and fp32.startswith("KING") and int8.startswith("KING") and len(int8) == len(fp32)
     code, _, err = run_main(argv + ["--dtype", "fp8"], capsys)
     assert code == 2 and "invalid choice: 'fp8'" in err
+
+
+def test_a_word_level_continuation_starts_with_the_space_that_joins_it(corpus):
+    from lmlab.models.ngram import NGramLM
+
+    words = NGramLM.train(corpus, order=3, progress=False)  # lmplz's words, joined by spaces
+    prompt = "I will"
+    cfg = GenerationConfig(max_new_tokens=4, temperature=0)
+    text = generate(words, words, prompt, cfg)[0]
+    ids = complete(words, words, prompt, cfg)[0].token_ids
+    assert text.startswith(" ") and prompt + text == words.decode(words.encode(prompt) + ids)
+    assert "".join(stream(words, words, prompt, cfg)) == text
+    beam = complete(words, words, prompt, GenerationConfig(max_new_tokens=4, num_beams=2))[0]
+    assert prompt + beam.text == words.decode(words.encode(prompt) + beam.token_ids)

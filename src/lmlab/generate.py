@@ -313,10 +313,10 @@ class StopText:
     back until the next tokens decide, so a stream never shows part of a stop string.
     """
 
-    def __init__(self, tokenizer, stop: list[str]):
+    def __init__(self, tokenizer, stop: list[str], context: list[int] = ()):
         from .tokenizer import StreamDecoder
 
-        self.decoder = StreamDecoder(tokenizer)
+        self.decoder = StreamDecoder(tokenizer, context)  # context: the prompt's last token (see StreamDecoder)
         self.stop = list(stop)
         self.text, self.emitted, self.stopped = "", 0, False
 
@@ -396,7 +396,8 @@ def complete(model, tokenizer, prompt: str | list[str], cfg: GenerationConfig | 
         return beam_search(model, tokenizer, prompt_ids, cfg)
     steps = (speculative_steps(model, draft, prompt_ids, cfg, stats=stats) if draft is not None else
              sample_steps(model, prompt_ids, cfg, bad_words=encode_bad_words(tokenizer, cfg)))
-    return collect_completions(tokenizer, cfg, steps, [cfg.new_tokens(len(prompt_ids))] * cfg.num_return_sequences)
+    n = cfg.num_return_sequences
+    return collect_completions(tokenizer, cfg, steps, [cfg.new_tokens(len(prompt_ids))] * n, [prompt_ids[-1:]] * n)
 
 
 def complete_batch(model, tokenizer, prompts: list[str], cfg: GenerationConfig | None = None, *, draft=None,
@@ -419,14 +420,17 @@ def complete_batch(model, tokenizer, prompts: list[str], cfg: GenerationConfig |
     encoded = [crop_prompt(model, tokenizer.encode(prompt), warn=False) for prompt in prompts]
     n = cfg.num_return_sequences
     steps = sample_steps(model, encoded, cfg, bad_words=encode_bad_words(tokenizer, cfg))
-    flat = collect_completions(tokenizer, cfg, steps, [cfg.new_tokens(len(ids)) for ids in encoded for _ in range(n)])
+    flat = collect_completions(tokenizer, cfg, steps, [cfg.new_tokens(len(ids)) for ids in encoded for _ in range(n)],
+                               [ids[-1:] for ids in encoded for _ in range(n)])
     return [flat[i * n:(i + 1) * n] for i in range(len(prompts))]
 
 
-def collect_completions(tokenizer, cfg: GenerationConfig, steps, limits: list[int]) -> list[Completion]:
-    """Completions from the steps of a decoding loop; row r ends at end-of-text, a stop string or limits[r] tokens."""
+def collect_completions(tokenizer, cfg: GenerationConfig, steps, limits: list[int],
+                        contexts: list[list[int]] | None = None) -> list[Completion]:
+    """Completions from the steps of a decoding loop; row r ends at end-of-text, a stop string or limits[r] tokens.
+    contexts[r]: the end of row r's prompt, which its text continues (StopText)."""
     rows = len(limits)
-    texts = [StopText(tokenizer, cfg.stop) for _ in range(rows)]
+    texts = [StopText(tokenizer, cfg.stop, contexts[r] if contexts else ()) for r in range(rows)]
     ids, logprobs = [[] for _ in range(rows)], [[] for _ in range(rows)]
     done = [False] * rows
     eot = getattr(tokenizer, "eot_id", None)
@@ -464,7 +468,7 @@ def stream(model, tokenizer, prompt: str, cfg: GenerationConfig, sequence: int =
         yield complete(model, tokenizer, prompt, cfg)[sequence].text
         return
     prompt_ids = crop_prompt(model, tokenizer.encode(prompt))
-    text = StopText(tokenizer, cfg.stop)
+    text = StopText(tokenizer, cfg.stop, prompt_ids[-1:])
     eot = getattr(tokenizer, "eot_id", None)
     steps = (speculative_steps(model, draft, prompt_ids, cfg, first_sequence=sequence, batch=1, stats=stats)
              if draft is not None else
@@ -537,12 +541,13 @@ def beam_search(model, tokenizer, prompt_ids: list[int], cfg: GenerationConfig) 
     running = [(norm(float(s), len(lps)), ids[i, len(prompt_ids):].tolist(), lps, "length")
                for i, (s, lps) in enumerate(zip(scores.tolist(), token_lps))] if keep is None else []
     best = sorted(finished + running, key=lambda h: -h[0])[:cfg.num_return_sequences]
-    return [_beam_completion(tokenizer, cfg, token_ids, lps, reason) for _, token_ids, lps, reason in best]
+    return [_beam_completion(tokenizer, cfg, token_ids, lps, reason, prompt_ids[-1:])
+            for _, token_ids, lps, reason in best]
 
 
-def _beam_completion(tokenizer, cfg, token_ids, lps, reason) -> Completion:
+def _beam_completion(tokenizer, cfg, token_ids, lps, reason, context) -> Completion:
     """A finished beam as text, cut at the first stop string (beam search applies them at the end)."""
-    text = StopText(tokenizer, cfg.stop)
+    text = StopText(tokenizer, cfg.stop, context)
     for used, token in enumerate(token_ids, start=1):
         text.add(token)
         if text.stopped:

@@ -419,13 +419,15 @@ class StreamDecoder:
     until more ids arrive; `flush()` returns whatever is left. The pieces joined equal `decode(all ids)`.
     Like HF text-generation-inference, it decodes a short window with one token of left context, so
     tokenizers whose decoders depend on neighbours (WordPiece "##", SentencePiece spaces) stream correctly.
+    `context`: ids already shown (a prompt's last token), so the first piece carries what joins it to them
+    (the space between two words of a word-level tokenizer).
     """
 
-    def __init__(self, tokenizer: Tokenizer):
+    def __init__(self, tokenizer: Tokenizer, context=()):
         self.tokenizer = tokenizer
-        self.ids: list[int] = []
+        self.ids: list[int] = [int(i) for i in context]
         self.prefix = 0  # ids[prefix:read] were already emitted; they give context to the next piece
-        self.read = 0
+        self.read = len(self.ids)
 
     def add(self, token_id) -> str:
         self.ids.append(int(token_id))

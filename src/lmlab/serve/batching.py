@@ -82,7 +82,7 @@ class Sequence:
         self.history = list(prompt)
         self.limit = request.cfg.new_tokens(len(prompt))
         self.count = 0  # tokens generated
-        self.text = StopText(tokenizer, request.cfg.stop)
+        self.text = StopText(tokenizer, request.cfg.stop, prompt[-1:])
         self.finish: str | None = None
         self.slot = -1
 
