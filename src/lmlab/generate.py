@@ -218,19 +218,20 @@ class Padding:
     group of rows that share a prompt length separately, on its unpadded columns, with a state of its own.
     """
 
-    def __init__(self, lengths: list[int], device):
+    def __init__(self, model, lengths: list[int], device):
         longest = max(lengths)
         self.counts = [longest - n for n in lengths]
         self.tensor = torch.tensor(self.counts, device=device) if any(self.counts) else None
-        self.groups: dict[int, torch.Tensor] = {}
+        self.takes_pad = "pad" in inspect.signature(model.logprobs_next).parameters
+        groups: dict[int, list[int]] = {}
         for row, p in enumerate(self.counts):
-            self.groups.setdefault(p, []).append(row)
-        self.groups = {p: torch.tensor(rows, device=device) for p, rows in self.groups.items()}
+            groups.setdefault(p, []).append(row)
+        self.groups = {p: torch.tensor(rows, device=device) for p, rows in groups.items()}
 
     def logprobs_next(self, model, ids: torch.Tensor, state):
         if self.tensor is None:
             return model.logprobs_next(ids, state)
-        if "pad" in inspect.signature(model.logprobs_next).parameters:
+        if self.takes_pad:
             return model.logprobs_next(ids, state, pad=self.tensor)
         state = state or {}
         out = None
@@ -269,7 +270,7 @@ def sample_steps(model, prompt_ids: list[int] | list[list[int]], cfg: Generation
         tune_allocator()  # as the Trainer does: the step's large buffers (logits) reuse memory, no page faults
     generators = [g for _ in prompts for g in make_generators(cfg, first_sequence + batch)[first_sequence:]]
     rows = [p for p in prompts for _ in range(batch)]
-    padding = Padding([len(p) for p in rows], device)
+    padding = Padding(model, [len(p) for p in rows], device)
     steps = max(cfg.new_tokens(len(p)) for p in prompts)
     width = max(len(p) for p in rows)
     # All the columns up front: each step writes its tokens into the next one (no per-step concatenation).
