@@ -98,7 +98,9 @@ def test_unknown_yaml_key_and_section(tmp_path):
     ("train.learning_rate", "0", "train.learning_rate must be > 0"),
     ("train.min_lr", "1", "train.min_lr must be between"),
     ("train.compile", "maybe", "train.compile must be true or false"),
-    ("train.dtype", "float8", "train.dtype must be"),
+    ("train.precision", "float8", "train.precision must be"),
+    ("train.dtype", "fp8", "train.precision must be"),  # the field's old name
+    ("train.strategy", "zero3", "train.strategy must be"),
     ("train.beta2", "1.0", "beta2 must be in"),
     ("model.dropout", "1.5", "model.dropout must be in"),
     ("model.n_embd", "30", "divisible by model.n_head"),

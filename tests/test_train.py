@@ -300,12 +300,15 @@ def test_trainer_state_is_loaded_with_weights_only(tmp_path):
 
 
 def test_bfloat16_autocast_trains_and_float16_needs_a_gpu(char_data, tmp_path):
-    summary = lmlab.train(small_cfg(char_data, max_iters=4, eval_interval=2, dtype="bfloat16"), tmp_path / "bf16",
+    summary = lmlab.train(small_cfg(char_data, max_iters=4, eval_interval=2, precision="bf16"), tmp_path / "bf16",
                           progress=False)
     assert math.isfinite(summary["best_val_loss"]) and summary["step"] == 4
+    assert load_config(tmp_path / "bf16" / "config.yaml").train.precision == "bf16"
+    # torch's dtype names, and the field's old name train.dtype, still work
+    assert small_cfg(char_data, dtype="bfloat16").train.precision == "bf16"
     if not torch.cuda.is_available():
-        with pytest.raises(LmlabError, match="float16 needs a CUDA GPU"):
-            lmlab.train(small_cfg(char_data, dtype="float16"), tmp_path / "fp16", progress=False)
+        with pytest.raises(LmlabError, match="fp16 needs a CUDA GPU"):
+            lmlab.train(small_cfg(char_data, precision="fp16"), tmp_path / "fp16", progress=False)
         assert not (tmp_path / "fp16").exists()
 
 

@@ -3,11 +3,21 @@
 A run directory holds config.yaml (full config), config.json (model config), tokenizer.json,
 model.safetensors (latest weights), best.safetensors (lowest validation loss, if kept),
 trainer_state.pt (optimizer, step, RNG), metrics.csv, TensorBoard events and loss.png.
+
+Both checkpoint files carry a SHA-256 checksum and the config they were written with, so a file that was
+truncated or damaged, or a config edited into another architecture, is refused with an error naming the file:
+- model.safetensors: metadata "sha256" (of the tensor data that follows the header) and "config" (config.json);
+- trainer_state.pt: torch.save's zip, then a trailer line "lmlab-sha256 <hex of everything before it>";
+  zip readers (torch.load among them) ignore the trailer, and the state holds the whole config under "config".
+Files without a checksum (written before it existed, or by other tools) still load, unverified.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
+import json
+import struct
 from pathlib import Path
 
 import torch
@@ -21,45 +31,79 @@ WEIGHTS, BEST, STATE, MODEL_CONFIG = "model.safetensors", "best.safetensors", "t
 NGRAM_SUFFIXES = (".arpa", ".npz")  # n-gram model files, loaded by load() like run directories
 
 
-def unique_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """State dict with tied tensors stored once (safetensors refuses shared storage)."""
+def unique_state_dict(model: torch.nn.Module, keep_device: bool = False) -> dict[str, torch.Tensor]:
+    """State dict with tied tensors stored once (safetensors refuses shared storage).
+
+    keep_device: leave the tensors where they are (meta or sharded ones included) instead of copying to the CPU.
+    """
     seen, out = set(), {}
-    for name, tensor in model.state_dict().items():
-        key = (tensor.data_ptr(), tensor.shape, tensor.stride())
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if tensor.device.type == "meta" or type(tensor.data) is not torch.Tensor:
+            key = (id(tensor),)  # no storage to compare (meta, DTensor): tied tensors are the same object
+        else:
+            key = (tensor.data_ptr(), tensor.shape, tensor.stride())
         if key not in seen:
             seen.add(key)
-            out[name] = tensor.detach().contiguous().cpu()
+            out[name] = tensor.detach() if keep_device else tensor.detach().contiguous().cpu()
     return out
 
 
-def save_weights(model: torch.nn.Module, path: str | Path, step: int) -> None:
-    data = save_safetensors_bytes(unique_state_dict(model), metadata={"step": str(step), "format": "pt"})
+def save_weights(model, path: str | Path, step: int, config: dict | None = None) -> None:
+    """Write a module's (or a ready state dict's) tensors as safetensors, with the step, a checksum and the config."""
+    tensors = model if isinstance(model, dict) else unique_state_dict(model)
+    if config is None and not isinstance(model, dict) and dataclasses.is_dataclass(getattr(model, "cfg", None)):
+        config = dataclasses.asdict(model.cfg)
+    metadata = {"step": str(step), "format": "pt"}
+    if config is not None:
+        metadata["config"] = json.dumps(config, sort_keys=True)
+    raw = save_safetensors_bytes(tensors, metadata=metadata)
+    header, data = _with_checksum(raw)
     with atomic_open(path, "wb") as f:
+        f.write(header)
         f.write(data)
 
 
+def _split_safetensors(raw) -> tuple[dict, memoryview]:
+    """The JSON header and the tensor data of safetensors bytes (8-byte little-endian header length first)."""
+    view = memoryview(raw)
+    (n,) = struct.unpack("<Q", view[:8])
+    return json.loads(bytes(view[8:8 + n])), view[8 + n:]
+
+
+def _with_checksum(raw: bytes) -> tuple[bytes, memoryview]:
+    """Header (metadata sha256 = SHA-256 of the tensor data added) and data. Tensor offsets are relative to
+    the data, so a longer header moves nothing; it stays padded with spaces to 8 bytes, as safetensors does."""
+    header, data = _split_safetensors(raw)
+    header.setdefault("__metadata__", {})["sha256"] = hashlib.sha256(data).hexdigest()
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text, data
+
+
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """Tensors and metadata of a safetensors file; a corrupt or truncated file is a user error."""
+    """Tensors and metadata of a safetensors file; a corrupt, truncated or checksum-failing file is a user error."""
     path = Path(path)
     if not path.is_file():
         raise LmlabError(f"{path} does not exist.")
     try:
         raw = path.read_bytes()
+        header, data = _split_safetensors(raw)
+        meta = header.get("__metadata__") or {}
         tensors = load_safetensors_bytes(raw)
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
     except Exception as e:  # safetensors raises its own error types for bad headers / short files
         raise LmlabError(f"{path} is corrupt or truncated ({type(e).__name__}: {str(e)[:80]}); "
                          "restore it or retrain.") from None
+    if "sha256" in meta and hashlib.sha256(data).hexdigest() != meta["sha256"]:
+        raise LmlabError(f"{path} fails its checksum: its tensor data changed after it was written (a damaged "
+                         "or partly overwritten file); restore it or retrain.")
     return tensors, meta
 
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> int:
     """Load weights into `model`; return the training step stored with them."""
     tensors, meta = read_weights(path)
-    load_state_into(model, tensors, path)
+    saved = json.loads(meta["config"]) if "config" in meta else None
+    load_state_into(model, tensors, path, saved_config=saved, config_name="config.json")
     return int(meta.get("step", 0))
 
 
@@ -68,17 +112,49 @@ def _is_tied(model, name: str) -> bool:
     return any(t.data_ptr() == target.data_ptr() for n, t in model.state_dict().items() if n != name)
 
 
+CHECKSUM_TAG = b"\nlmlab-sha256 "
+TRAILER_LEN = len(CHECKSUM_TAG) + 64 + 1  # tag, hex digest, newline
+
+
 def save_trainer_state(state: dict, path: str | Path) -> None:
+    """torch.save(state) followed by a checksum trailer, written atomically."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
+    data = buffer.getbuffer()
     with atomic_open(path, "wb") as f:
-        f.write(buffer.getvalue())
+        f.write(data)
+        f.write(CHECKSUM_TAG + hashlib.sha256(data).hexdigest().encode() + b"\n")
+
+
+def _verify_trailer(path: Path) -> None:
+    """Check the checksum trailer of a trainer_state.pt (a file without one is read unverified)."""
+    size = path.stat().st_size
+    if size < TRAILER_LEN:
+        return
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(size - TRAILER_LEN)
+        trailer = f.read()
+        if not trailer.startswith(CHECKSUM_TAG):
+            return
+        f.seek(0)
+        left = size - TRAILER_LEN
+        while left:
+            chunk = f.read(min(left, 1 << 22))
+            if not chunk:
+                break
+            digest.update(chunk)
+            left -= len(chunk)
+    if digest.hexdigest().encode() != trailer[len(CHECKSUM_TAG):-1]:
+        raise LmlabError(f"{path} fails its checksum: the file changed after it was written (damaged or "
+                         "partly overwritten); it cannot be resumed — restore it or start a new run.")
 
 
 def load_trainer_state(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise LmlabError(f"{path} does not exist; the run has no checkpoint to resume from.")
+    _verify_trailer(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -86,23 +162,67 @@ def load_trainer_state(path: str | Path) -> dict:
                          "it cannot be resumed — start a new run.") from None
 
 
-def check_resumable(run_dir: str | Path) -> int:
+def check_resumable(run_dir: str | Path, cfg=None) -> int:
     """Read a run's trainer_state.pt as a resume will; return its step.
 
-    Lets `lmlab train --resume` refuse a corrupt checkpoint before anything in the run is rewritten.
+    Lets `lmlab train --resume` refuse a corrupt checkpoint, or a config whose model no longer fits the
+    checkpoint's tensors (config.yaml edited, or --model overrides), before anything in the run is rewritten.
     """
-    state = load_trainer_state(Path(run_dir) / STATE)
+    path = Path(run_dir) / STATE
+    state = load_trainer_state(path)
     if not isinstance(state, dict) or not {"step", "model", "optimizer"} <= state.keys():
-        raise LmlabError(f"{Path(run_dir) / STATE} is not an lmlab trainer state; start a new run.")
+        raise LmlabError(f"{path} is not an lmlab trainer state; start a new run.")
+    if cfg is not None:
+        check_shapes(state["model"], cfg.model, path, state.get("config", {}).get("model"),
+                     "the run's config.yaml and overrides")
     return state["step"]
 
 
-def load_state_into(model: torch.nn.Module, tensors: dict, source) -> None:
+def _shapes(tensors: dict) -> dict[str, tuple]:
+    return {k: tuple(v.shape) for k, v in tensors.items()}
+
+
+def check_shapes(tensors: dict, model_cfg, source, saved_model_cfg: dict | None, config_name: str) -> None:
+    """Refuse tensors that do not fit the model `model_cfg` describes, naming `source` and the config keys that
+    differ from `saved_model_cfg` (the config the tensors were written with). The model is built on the meta
+    device: no memory, no time."""
+    from .models import build_model
+
+    try:
+        with torch.device("meta"):
+            expected = unique_state_dict(build_model(model_cfg), keep_device=True)
+    except Exception:  # a family that cannot be built on the meta device is checked when loading instead
+        return
+    have, want = _shapes(tensors), _shapes(expected)
+    if have == want:
+        return
+    raise LmlabError(_mismatch_message(source, have, want, saved_model_cfg, dataclasses.asdict(model_cfg),
+                                       config_name))
+
+
+def _mismatch_message(source, have: dict, want: dict, saved_cfg: dict | None, cfg: dict, config_name: str) -> str:
+    diffs = [f"model.{k} is {saved_cfg[k]!r} there and {cfg.get(k)!r} in {config_name}"
+             for k in sorted(saved_cfg or {}) if k in cfg and saved_cfg[k] != cfg[k]]
+    if not diffs:
+        wrong = [f"{k} {have[k]} vs {want[k]}" for k in want if k in have and have[k] != want[k]]
+        missing = [k for k in want if k not in have] + [k for k in have if k not in want]
+        diffs = [f"tensor {w}" for w in wrong[:2]] + [f"tensor {m} missing or unexpected" for m in missing[:2]]
+    return (f"{source} was written for a different model than {config_name} describes ({'; '.join(diffs[:4])}); "
+            f"restore {config_name} (or drop the --model overrides), or start a new run.")
+
+
+def load_state_into(model: torch.nn.Module, tensors: dict, source, saved_config: dict | None = None,
+                    config_name: str = "config.json") -> None:
     """Load a (tie-deduplicated) state dict into `model`, naming `source` if it does not fit."""
+    want = _shapes(unique_state_dict(model, keep_device=True))
+    have = _shapes(tensors)
+    if any(k in have and have[k] != shape for k, shape in want.items()):
+        cfg = dataclasses.asdict(model.cfg) if dataclasses.is_dataclass(getattr(model, "cfg", None)) else {}
+        raise LmlabError(_mismatch_message(source, have, want, saved_config, cfg, config_name))
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     tied = {n for n in missing if _is_tied(model, n)}
     if set(missing) - tied or unexpected:
-        raise LmlabError(f"{source} does not match the model in config.json "
+        raise LmlabError(f"{source} does not match the model in {config_name} "
                          f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]}).")
 
 

@@ -26,6 +26,8 @@ def _add_prepare(sub) -> None:
                    help="BPE vocabulary size (e.g. 4096); for word, an optional maximum (most frequent words)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="last fraction of the text kept for validation")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="processes reading and encoding the text (same output as 1; memory stays bounded)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_prepare)
 
@@ -45,7 +47,7 @@ def cmd_prepare(args) -> None:
                              "--tokenizer PATH.")
         tokenizer = load_tokenizer(tokenizer)
     meta = prepare(args.source, args.out, tokenizer=tokenizer, vocab_size=args.vocab_size,
-                   val_fraction=args.val_fraction, progress=not args.quiet)
+                   val_fraction=args.val_fraction, progress=not args.quiet, workers=args.workers)
     print(f"wrote {args.out}: vocab {meta['vocab_size']}, train {meta['train']['tokens']:,} tokens, "
           f"val {meta['val']['tokens']:,} tokens ({meta['dtype']})")
 
@@ -62,21 +64,62 @@ def _add_train(sub) -> None:
     p.add_argument("--init", metavar="RUN_DIR",
                    help="fine-tune: a new run starting from this run's weights and architecture (e.g. one made by "
                         "lmlab convert); prepare its data with `lmlab prepare --tokenizer RUN_DIR`")
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="train with N processes on this machine: runs `torchrun --standalone --nproc_per_node N "
+                        "-m lmlab train ...` (one per GPU; on CPU, gloo); pick DDP or FSDP with --train.strategy")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train, accepts_overrides=True)
 
 
-def cmd_train(args) -> None:
-    from .config import load_config
-    from .train import init_config, resume_config, train
+def _launch_torchrun(args) -> None:
+    """Run this `lmlab train` in args.nproc processes through torchrun (its Python entry point, in this process),
+    exiting with the workers' status: 128 + signal after SIGINT / SIGTERM (each worker saved a checkpoint), a
+    failed worker's own code (it printed its error) otherwise."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
 
+    if args.nproc < 1:
+        raise LmlabError(f"--nproc must be >= 1, got {args.nproc}.")
+    from .config import load_config
+    from .train import resume_config
+
+    if args.resume:  # a bad config or run is reported once, here, rather than by every process
+        resume_config(args.resume, args.overrides)
+    elif not args.config:
+        raise LmlabError("lmlab train needs --config FILE (see configs/) or --resume RUN_DIR.")
+    elif not args.init:
+        load_config(args.config, args.overrides)
+    argv = ["train"]
+    for flag in ("config", "out", "resume", "init"):
+        if getattr(args, flag):
+            argv += [f"--{flag}", str(getattr(args, flag))]
+    if args.quiet:
+        argv.append("--quiet")
+    for key, value in args.overrides.items():
+        argv += [f"--{key}", str(value)]
+    launch = get_args_parser().parse_args(["--standalone", f"--nproc_per_node={args.nproc}", "-m", "lmlab", *argv])
+    try:
+        run(launch)
+    except SignalException as e:
+        raise SystemExit(128 + int(e.sigval)) from None
+    except ChildFailedError as e:
+        codes = [f.exitcode for f in e.failures.values()]
+        raise SystemExit(next((c for c in codes if c > 0), 128 - min(codes))) from None
+
+
+def cmd_train(args) -> None:
+    import os
+
+    from .config import load_config
+    from .train import Interrupted, init_config, resume_config, train
+
+    if getattr(args, "nproc", None) not in (None, 1) and "LOCAL_RANK" not in os.environ:
+        return _launch_torchrun(args)
     if args.resume and args.init:
         raise LmlabError("--init starts a new run and --resume continues one; give only one of them.")
-    if args.resume:
-        from .checkpoint import check_resumable
-
+    if args.resume:  # train() refuses a corrupt or mismatched checkpoint before the run is touched
         cfg, run_dir = resume_config(args.resume, args.overrides), Path(args.resume)
-        check_resumable(run_dir)  # a corrupt checkpoint is refused before the run is touched
     else:
         if not args.config:
             raise LmlabError("lmlab train needs --config FILE (see configs/) or --resume RUN_DIR.")
@@ -85,9 +128,15 @@ def cmd_train(args) -> None:
         else:
             cfg = load_config(args.config, args.overrides)
         run_dir = Path(args.out or Path("runs") / Path(args.config).stem)
-    summary = train(cfg, run_dir, resume=bool(args.resume), progress=not args.quiet, init=args.init)
-    print(f"done: step {summary['step']}, best val loss {summary['best_val_loss']:.4f}, "
-          f"{summary['tokens_per_sec']:,.0f} tokens/s; run saved in {run_dir} (loss curve: {run_dir / 'loss.png'})")
+    try:
+        summary = train(cfg, run_dir, resume=bool(args.resume), progress=not args.quiet, init=args.init)
+    except Interrupted as e:  # SIGINT / SIGTERM: the checkpoint is saved; say so and exit with 128 + signal
+        if os.environ.get("RANK", "0") == "0":
+            print(f"lmlab train: {e}", file=sys.stderr)
+        raise SystemExit(128 + e.signum) from None
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for every process
+        print(f"done: step {summary['step']}, best val loss {summary['best_val_loss']:.4f}, "
+              f"{summary['tokens_per_sec']:,.0f} tokens/s; run saved in {run_dir} (loss curve: {run_dir / 'loss.png'})")
 
 
 # --------------------------------------------------------------------------- eval

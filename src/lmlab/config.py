@@ -46,8 +46,9 @@ class TrainConfig:
     log_interval: int = 10
     save_interval: int | None = None  # checkpoint every N steps; None = at every evaluation
     keep_best: bool = True  # keep best.safetensors = the weights with the lowest validation loss
-    device: str = "cpu"  # cpu | cuda | cuda:N | auto
-    dtype: str = "float32"  # float32 | bfloat16 | float16 (autocast; float16 only on CUDA)
+    device: str = "cpu"  # cpu | cuda | cuda:N | auto (under torchrun, cuda means each process's own GPU)
+    precision: str = "fp32"  # fp32 | bf16 (autocast, CPU or GPU) | fp16 (autocast + gradient scaler, GPU only)
+    strategy: str = "auto"  # under torchrun: ddp | fsdp (auto = ddp); single = one process only
     compile: bool = False  # torch.compile the model
     tensorboard: bool = True
     seed: int = 1337
@@ -77,7 +78,11 @@ def load_config(path: str | Path | None = None, overrides: dict[str, str] | None
         if section not in ("model", "data", "train"):
             raise LmlabError(unknown_key_message(section, ["model", "data", "train"], "config section"))
     sections = {"model": raw.get("model", {}), "data": raw.get("data", {}), "train": raw.get("train", {})}
-    for dotted, value in (overrides or {}).items():
+    overrides = {("train.precision" if k == "train.dtype" else k): v for k, v in (overrides or {}).items()}
+    if "dtype" in sections["train"]:  # the field's name before precision; configs and runs that still use it
+        legacy = sections["train"].pop("dtype")
+        sections["train"].setdefault("precision", legacy)
+    for dotted, value in overrides.items():
         section, _, key = dotted.partition(".")
         if section not in sections or not key:
             raise LmlabError(f"--{dotted} is not a config field; use --model.X, --data.X or --train.X "
@@ -178,6 +183,9 @@ def require(condition: bool, message: str) -> None:
         raise LmlabError(message)
 
 
+PRECISION_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # torch's names work too
+
+
 def validate_train(t: TrainConfig) -> None:
     for name in ("batch_size", "grad_accum", "eval_interval", "eval_iters", "log_interval"):
         require(getattr(t, name) >= 1, f"train.{name} must be a positive integer, got {getattr(t, name)}.")
@@ -189,8 +197,11 @@ def validate_train(t: TrainConfig) -> None:
     require(0 <= t.min_lr <= t.learning_rate, "train.min_lr must be between 0 and train.learning_rate.")
     require(t.weight_decay >= 0 and t.grad_clip >= 0, "train.weight_decay and train.grad_clip must be >= 0.")
     require(0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, "train.beta1 and train.beta2 must be in [0, 1).")
-    require(t.dtype in ("float32", "bfloat16", "float16"),
-            f"train.dtype must be float32, bfloat16 or float16, got {t.dtype!r}.")
+    t.precision = PRECISION_NAMES.get(t.precision, t.precision)
+    require(t.precision in ("fp32", "bf16", "fp16"),
+            f"train.precision must be fp32, bf16 or fp16, got {t.precision!r}.")
+    require(t.strategy in ("auto", "single", "ddp", "fsdp"),
+            f"train.strategy must be auto, single, ddp or fsdp, got {t.strategy!r}.")
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -18,6 +18,7 @@ as nanoGPT does, so the char vocabulary covers both splits.
 """
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 import os
@@ -25,15 +26,17 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from .errors import LmlabError
 from .files import atomic_write_json, read_json
 from .tokenizer import Tokenizer, check_tokenizer_args, load_tokenizer, train_tokenizer
+
+if TYPE_CHECKING:
+    import torch
 
 SPLITS = ("train", "val")
 FORMAT_VERSION = 1
@@ -177,6 +180,32 @@ def _encode_to(tmp: Path, tok: Tokenizer, files, chunk_chars, split_at, total, p
     return counts
 
 
+def _prepare_with_workers(tmp, tokenizer, vocab_size, files, chunk_chars, split_at, total, progress, workers):
+    """Both passes with `workers` processes over byte ranges of the text (BPE's vocabulary is still learned in
+    this process: the `tokenizers` trainer runs its own threads)."""
+    from . import prepare_workers as pw
+
+    ranges = pw.plan(files, split_at)
+    if tokenizer in ("char", "word"):
+        check_tokenizer_args(tokenizer, vocab_size)
+        with _bar(progress, total, f"{tokenizer} vocab") as bar:
+            tok = pw.train_vocab(tokenizer, ranges, workers, vocab_size, bar)
+    else:
+        tok = _build_tokenizer(tokenizer, vocab_size, files, chunk_chars, split_at, total, progress)
+    counts = {s: {"tokens": 0, "chars": 0, "bytes": 0} for s in SPLITS}
+    outs = {s: open(tmp / f"{s}.bin", "wb") for s in SPLITS}
+    try:
+        with _bar(progress, total, "encode") as bar:
+            pw.encode(tok, ranges, outs, counts, chunk_chars, np.dtype(_dtype_for(tok.vocab_size)), workers, bar)
+        for f in outs.values():
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        for f in outs.values():
+            f.close()
+    return tok, counts
+
+
 def prepare(
     source,
     out_dir,
@@ -185,6 +214,7 @@ def prepare(
     val_fraction=0.1,
     chunk_chars=1 << 20,
     progress=True,
+    workers=1,
 ) -> dict:
     """Tokenize a text file or a directory of them into out_dir (train.bin, val.bin, tokenizer.json, meta.json).
 
@@ -194,9 +224,13 @@ def prepare(
     documents are separated by the tokenizer's end-of-text id when it has one (bpe), else simply
     concatenated. Output appears all at once: files are written to a temporary directory and moved
     into place at the end (meta.json last), so a failure leaves any previous output untouched.
+    `workers` > 1 reads and encodes the text in that many processes (and builds a char or word vocabulary
+    with them too), in bounded memory; the output is byte-identical to one worker's (lmlab.prepare_workers).
     Returns the meta dict (also written to meta.json).
     """
     _check_args(val_fraction, chunk_chars)
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise LmlabError(f"workers must be a positive integer, got {workers!r}.")
     source, out_dir = Path(source).resolve(), Path(out_dir).resolve()
     files = _source_files(source, out_dir)
     total = sum(f.stat().st_size for f in files)
@@ -208,8 +242,12 @@ def prepare(
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".prepare-"))
     try:
-        tok = _build_tokenizer(tokenizer, vocab_size, files, chunk_chars, split_at, total, progress)
-        counts = _encode_to(tmp, tok, files, chunk_chars, split_at, total, progress)
+        if workers > 1:
+            tok, counts = _prepare_with_workers(tmp, tokenizer, vocab_size, files, chunk_chars, split_at, total,
+                                                progress, workers)
+        else:
+            tok = _build_tokenizer(tokenizer, vocab_size, files, chunk_chars, split_at, total, progress)
+            counts = _encode_to(tmp, tok, files, chunk_chars, split_at, total, progress)
         if val_fraction > 0 and counts["val"]["tokens"] == 0:
             raise LmlabError(
                 f"{source} has no line break after {1 - val_fraction:.0%} of its text, so the val split would be "
@@ -328,6 +366,8 @@ class TokenBlocks(_SplitBatches):
 
     def batch(self, split: str, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """x, y: int64 [batch_size, block_size], y is x shifted left by one token."""
+        import torch  # here, not at the top: `lmlab prepare` and its workers never load torch
+
         data = self.split(split)
         gen = torch.Generator().manual_seed(_seed_for(self.seed, split, int(index)))
         starts = torch.randint(len(data) - self.block_size, (self.batch_size,), generator=gen).numpy()
@@ -347,13 +387,24 @@ class TokenStreams(_SplitBatches):
     unused: nothing is random), so training resumes exactly at any step.
     """
 
+    rank, world = 0, 1  # a shard of a several-process run reads streams rank*batch_size ... (see shard)
+
+    def shard(self, rank: int, world: int) -> "TokenStreams":
+        """Process `rank`'s part of a run with `world` processes (torchrun): the split is cut into
+        world x batch_size streams and this process reads its batch_size of them, so the processes together see
+        the batches of one process with batch_size x world, and each still carries its own streams' state."""
+        part = copy.copy(self)
+        part.rank, part.world, part._splits = rank, world, {}
+        return part
+
     def _needed(self) -> tuple[int, str]:
-        need = self.batch_size * (self.block_size + 1)
-        return need, (f"batch_size x (block_size + 1) = {need} needed for one chunk per stream; "
+        streams = self.batch_size * self.world
+        need = streams * (self.block_size + 1)
+        return need, (f"batch_size x processes x (block_size + 1) = {need} needed for one chunk per stream; "
                       "use a smaller batch_size or block_size, or more data")
 
     def stream_length(self, split: str) -> int:
-        return len(self.split(split)) // self.batch_size
+        return len(self.split(split)) // (self.batch_size * self.world)
 
     def chunks_per_epoch(self, split: str) -> int:
         """Whole chunks per stream (the last target of a chunk is the first input of the next)."""
@@ -361,8 +412,11 @@ class TokenStreams(_SplitBatches):
 
     def batch(self, split: str, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x, y: int64 [batch_size, block_size] (y is x shifted left by one); reset: bool scalar tensor."""
+        import torch
+
         data = self.split(split)
         position = int(index) % self.chunks_per_epoch(split)
-        starts = np.arange(self.batch_size) * self.stream_length(split) + position * self.block_size
+        first = self.rank * self.batch_size
+        starts = np.arange(first, first + self.batch_size) * self.stream_length(split) + position * self.block_size
         rows = torch.from_numpy(data[starts[:, None] + np.arange(self.block_size + 1)].astype(np.int64))
         return rows[:, :-1].contiguous(), rows[:, 1:].contiguous(), torch.tensor(position == 0)

@@ -6,20 +6,39 @@ keep-best, atomic checkpoints, exact resume, progress bar, metrics.csv, TensorBo
 
 The data object provides `batch(split, index)`, a pure function of its index, so a resumed run
 draws the same batches as an uninterrupted one; with the RNG state restored, its losses match.
+
+Several processes (`torchrun --nproc_per_node N -m lmlab train ...`, or `lmlab train --nproc N`): train.strategy
+ddp (DistributedDataParallel) or fsdp (fully_shard, FSDP2). Process r reads global micro-batch indices
+(step * grad_accum + micro) * N + r, so N processes with grad_accum g train exactly as one process with
+grad_accum g * N; rank 0 alone writes metrics, TensorBoard, checkpoints and the progress bar.
+
+Checkpoints are one full state in one process's format whatever the strategy (FSDP shards are gathered to rank 0
+with torch.distributed.checkpoint's full-state dicts, not saved as DCP shards), so a run resumes with any number
+of processes and either strategy; the price is that the full state must fit in rank 0's CPU memory. Each rank's
+RNG state is kept for an exact resume with the same process count.
+
+SIGINT / SIGTERM (Ctrl-C, Slurm's preemption, torchrun passing either on): the step in progress finishes, a
+checkpoint is written, and `Interrupted` is raised (`lmlab train` exits 128 + signal). A failed write (full
+disk, no permission) is a clear error that keeps the previous checkpoint.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import math
+import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from .checkpoint import (BEST, STATE, WEIGHTS, check_resumable, load_state_into, load_trainer_state,
+from . import distributed
+from .checkpoint import (BEST, STATE, WEIGHTS, check_resumable, check_shapes, load_state_into, load_trainer_state,
                          save_model_config, save_trainer_state, save_weights, unique_state_dict)
 from .config import Config, TrainConfig, save_config
 from .errors import LmlabError
@@ -61,12 +80,16 @@ def resolve_device(name: str) -> torch.device:
         raise LmlabError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto.") from None
 
 
-def autocast_context(device: torch.device, dtype: str):
-    if dtype == "float32":
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_context(device: torch.device, precision: str):
+    """fp32: nothing; bf16: autocast on CPU or GPU; fp16: autocast on a GPU (with a GradScaler, see Trainer)."""
+    if precision == "fp32":
         return contextlib.nullcontext()
-    if dtype == "float16" and device.type != "cuda":
-        raise LmlabError("train.dtype float16 needs a CUDA GPU; use bfloat16 or float32 on CPU.")
-    return torch.autocast(device.type, dtype=getattr(torch, dtype))
+    if precision == "fp16" and device.type != "cuda":
+        raise LmlabError("train.precision fp16 needs a CUDA GPU (with a gradient scaler); use bf16 or fp32 on CPU.")
+    return torch.autocast(device.type, dtype=PRECISIONS[precision])
 
 
 def count_tokens(batch) -> int:
@@ -74,65 +97,215 @@ def count_tokens(batch) -> int:
     return first.numel()
 
 
+class Interrupted(LmlabError):
+    """SIGINT or SIGTERM stopped training after a checkpoint was saved; `lmlab train` exits with 128 + signal."""
+
+    def __init__(self, signum: int, step: int, run_dir: Path):
+        self.signum, self.step, self.run_dir = signum, step, run_dir
+        name = signal.Signals(signum).name
+        super().__init__(f"{name} received: stopped after step {step} and saved a checkpoint in {run_dir}; "
+                         f"continue with `lmlab train --resume {run_dir}`.")
+
+    def __reduce__(self):  # picklable (multiprocessing hands exceptions between processes)
+        return Interrupted, (self.signum, self.step, self.run_dir)
+
+
 class Trainer:
-    """Train `model` on `data` with the settings of `cfg.train`, writing everything into `run_dir`."""
+    """Train `model` on `data` with the settings of `cfg.train`, writing everything into `run_dir`.
+
+    Under torchrun (WORLD_SIZE > 1) every process builds the same Trainer: the model is wrapped in DDP or FSDP
+    (train.strategy), each process reads its own micro-batches, and rank 0 alone writes the run directory
+    (metrics, TensorBoard, checkpoints) and shows the progress bar.
+    """
 
     def __init__(self, model: torch.nn.Module, data, cfg: Config, run_dir: str | Path,
                  tokenizer_path: str | Path | None = None, progress: bool = True):
         tune_allocator()
-        self.cfg, self.t, self.data = cfg, cfg.train, data
+        self.cfg, self.t = cfg, cfg.train
         self.run_dir = Path(run_dir)
-        self.device = resolve_device(self.t.device)
+        self.dist = distributed.setup(self.t.strategy, self.t.device)
+        self.device = resolve_device(distributed.rank_device(self.t.device, self.dist))
         self.model = model.to(self.device)
         if self.t.compile:
             model.compile()  # compiles the module's __call__, so loss() runs the compiled forward
-        self.optimizer = build_optimizer(model, self.t)
-        self.autocast = autocast_context(self.device, self.t.dtype)
-        self.scaler = torch.amp.GradScaler("cuda") if self.t.dtype == "float16" else None
-        self.progress = progress
+        self.step_module = distributed.wrap(self.model, self.dist, self.device)
+        self.fsdp = self.dist.world > 1 and self.dist.strategy == "fsdp"
+        self.optimizer = build_optimizer(model, self.t)  # after wrapping: FSDP replaced the parameters
+        self.autocast = autocast_context(self.device, self.t.precision)
+        self.scaler = torch.amp.GradScaler("cuda") if self.t.precision == "fp16" else None
+        # Several processes: a data source that carries state between batches (TokenStreams) is cut into per-rank
+        # streams; any other one is read at global micro-batch indices, rank r taking every world-th (see
+        # _micro_index), so the processes together read what one process with grad_accum x world would.
+        self.sharded = self.dist.world > 1 and hasattr(data, "shard")
+        self.data = data.shard(self.dist.rank, self.dist.world) if self.sharded else data
+        self.progress = progress and self.dist.main
         self.step, self.elapsed, self.best_val = 0, 0.0, math.inf
+        self.saved_step: int | None = None  # step of the checkpoint on disk, for error messages
         self.tb = None
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.run_dir / "config.yaml")
-        save_model_config(cfg.model, self.run_dir)
-        if tokenizer_path is not None and Path(tokenizer_path).resolve() != (self.run_dir / "tokenizer.json").resolve():
-            with atomic_open(self.run_dir / "tokenizer.json", "wb") as f:
-                f.write(Path(tokenizer_path).read_bytes())
+        self._stop_signal: int | None = None
+        if self.dist.main:
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                save_config(cfg, self.run_dir / "config.yaml")
+                save_model_config(cfg.model, self.run_dir)
+                if tokenizer_path is not None and Path(tokenizer_path).resolve() != (self.run_dir / "tokenizer.json").resolve():
+                    with atomic_open(self.run_dir / "tokenizer.json", "wb") as f:
+                        f.write(Path(tokenizer_path).read_bytes())
+            except OSError as e:
+                raise LmlabError(f"cannot write in the run directory {self.run_dir} ({e.strerror}); make it "
+                                 "writable, free some disk space or choose another --out.") from None
 
     # ------------------------------------------------------------------ checkpoints
+
+    def _model_state(self) -> dict[str, torch.Tensor]:
+        """The whole model's tensors (tied ones once) on rank 0; under FSDP gathered from the shards (every rank
+        must call this; ranks other than 0 get {})."""
+        if not self.fsdp:
+            return unique_state_dict(self.model)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        keep = unique_state_dict(self.model, keep_device=True).keys()
+        return {k: v for k, v in full.items() if k in keep} if self.dist.main else {}
+
+    def _optimizer_state(self) -> dict:
+        """optimizer.state_dict() as one process would write it (parameters numbered in group order); under FSDP
+        gathered from the shards, so any number of processes with any strategy can load it."""
+        if not self.fsdp:
+            return self.optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        full = get_optimizer_state_dict(self.model, self.optimizer,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not self.dist.main:
+            return {}
+        index, groups = {}, []
+        for group in full["param_groups"]:
+            ids = [index.setdefault(fqn, len(index)) for fqn in group["params"]]
+            groups.append({**group, "params": ids})
+        return {"state": {index[k]: v for k, v in full["state"].items()}, "param_groups": groups}
+
+    def _load_optimizer_state(self, state: dict) -> None:
+        if not self.fsdp:
+            self.optimizer.load_state_dict(state)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        fqn = [names[id(p)] for g in self.optimizer.param_groups for p in g["params"]]
+        full = {"state": {fqn[i]: v for i, v in state["state"].items()},
+                "param_groups": [{**g, "params": [fqn[i] for i in g["params"]]} for g in state["param_groups"]]}
+        set_optimizer_state_dict(self.model, self.optimizer, full, options=StateDictOptions(full_state_dict=True))
+
+    def _load_model_state(self, tensors: dict, source: Path) -> None:
+        if not self.fsdp:
+            load_state_into(self.model, tensors, source)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        check_shapes(tensors, self.cfg.model, source, None, "the config")
+        set_model_state_dict(self.model, tensors, options=StateDictOptions(full_state_dict=True, strict=False))
+
+    def _write(self, what, path: Path) -> None:
+        """Run a write on rank 0; a failure (disk full, no permission) becomes one clear error on every rank,
+        and the file it was replacing stays as it was (atomic_open)."""
+        message = None
+        if self.dist.main:
+            try:
+                what()
+            except OSError as e:
+                kept = (f"the previous checkpoint (step {self.saved_step}) is kept" if self.saved_step is not None
+                        else "no earlier checkpoint exists")
+                message = (f"could not write {path} ({e.strerror or e}); {kept}. Free some disk space or make "
+                           f"{self.run_dir} writable, then continue with `lmlab train --resume {self.run_dir}`.")
+        message = self.dist.broadcast_object(message)
+        if message:
+            raise LmlabError(message)
 
     def save_checkpoint(self) -> None:
         """trainer_state.pt (the whole resume point, weights included: one atomic file), then model.safetensors.
 
-        A kill between the two renames leaves a consistent trainer_state.pt to resume from.
+        A kill between the two renames leaves a consistent trainer_state.pt to resume from. With several
+        processes, rank 0 writes one full (unsharded) state: FSDP shards are gathered first (full-state gather),
+        and each rank's RNG state and carried state are collected, so a run resumes with any number of processes.
         """
+        model_state, optimizer_state = self._model_state(), self._optimizer_state()
+        rng = self.dist.gather_objects(torch.get_rng_state())
+        multi_gpu = self.dist.world > 1 and self.device.type == "cuda"
+        rng_gpu = self.dist.gather_objects(torch.cuda.get_rng_state(self.device).cpu()) if multi_gpu else None
+        carried = self.model.carried_state() if hasattr(self.model, "carried_state") else None
+        carried_ranks = self.dist.gather_objects(carried) if carried is not None else None
+        if not self.dist.main:
+            self._write(lambda: None, self.run_dir / STATE)  # take part in the error broadcast
+            self._write(lambda: None, self.run_dir / WEIGHTS)
+            self.saved_step = self.step
+            return
         state = {"step": self.step, "elapsed": self.elapsed, "best_val": self.best_val,
-                 "model": unique_state_dict(self.model),
-                 "optimizer": self.optimizer.state_dict(), "rng_cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
+                 "model": model_state, "optimizer": optimizer_state, "rng_cpu": rng[0],
+                 "config": self.cfg.to_dict(), "world_size": self.dist.world, "strategy": self.dist.strategy,
+                 "global_batch": self.global_batch}
+        if self.dist.world > 1:
+            state["rng_cpu_ranks"] = rng
+        if torch.cuda.is_available() and self.dist.world == 1:
             state["rng_cuda"] = torch.cuda.get_rng_state_all()
+        if rng_gpu is not None:
+            state["rng_cuda_ranks"] = rng_gpu  # each process's GPU (dropout on the GPU draws from it)
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
-        if hasattr(self.model, "carried_state"):  # e.g. an RNN's hidden state carried into the next batch
-            state["carried"] = self.model.carried_state()
-        save_trainer_state(state, self.run_dir / STATE)
-        save_weights(self.model, self.run_dir / WEIGHTS, self.step)
+        if carried is not None:  # e.g. an RNN's hidden state carried into the next batch
+            state["carried"] = carried
+            if self.dist.world > 1:
+                state["carried_ranks"] = carried_ranks
+        self._write(lambda: save_trainer_state(state, self.run_dir / STATE), self.run_dir / STATE)
+        self._write(lambda: save_weights(model_state, self.run_dir / WEIGHTS, self.step,
+                                         dataclasses.asdict(self.cfg.model)), self.run_dir / WEIGHTS)
+        self.saved_step = self.step
+
+    @property
+    def global_batch(self) -> int:
+        """Sequences per optimizer step over all processes."""
+        return self.t.batch_size * self.t.grad_accum * self.dist.world
 
     def resume(self) -> None:
-        """Restore model, optimizer, step and RNG from the run directory's last checkpoint."""
-        remove_stale_temp_files(self.run_dir)  # a kill -9 during a save leaves its temp file behind
-        state = load_trainer_state(self.run_dir / STATE)
-        load_state_into(self.model, state["model"], self.run_dir / STATE)
-        self.optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng_cpu"])
-        if "rng_cuda" in state and torch.cuda.is_available():
+        """Restore model, optimizer, step and RNG from the run directory's last checkpoint (on every rank)."""
+        if self.dist.main:
+            remove_stale_temp_files(self.run_dir)  # a kill -9 during a save leaves its temp file behind
+        self.dist.barrier()
+        path = self.run_dir / STATE
+        state = load_trainer_state(path)
+        self._load_model_state(state["model"], path)
+        self._load_optimizer_state(state["optimizer"])
+        saved_world = state.get("world_size", 1)
+        rank_rngs = state.get("rng_cpu_ranks", [state["rng_cpu"]])
+        if self.dist.rank < len(rank_rngs):
+            torch.set_rng_state(rank_rngs[self.dist.rank])
+        else:  # more processes than the run had: a fresh, distinct stream for this rank
+            torch.manual_seed(self.t.seed + 1_000_003 * self.dist.rank + state["step"])
+        if "rng_cuda" in state and torch.cuda.is_available() and self.dist.world == 1:
             torch.cuda.set_rng_state_all(state["rng_cuda"])
+        gpu_rngs = state.get("rng_cuda_ranks", [])
+        if self.device.type == "cuda" and self.dist.world > 1 and self.dist.rank < len(gpu_rngs):
+            torch.cuda.set_rng_state(gpu_rngs[self.dist.rank], self.device)
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         if hasattr(self.model, "load_carried_state"):
-            self.model.load_carried_state(state.get("carried", {}))
+            carried = state.get("carried_ranks", [state.get("carried", {})])
+            # The streams are laid out per process count: another count starts them from zero state.
+            same = saved_world == self.dist.world
+            self.model.load_carried_state(carried[self.dist.rank] if same else {})
         self.step, self.elapsed, self.best_val = state["step"], state["elapsed"], state["best_val"]
-        self._truncate_metrics(self.step)
+        self.saved_step = self.step
+        # A kill between the two renames of a save leaves model.safetensors a step behind: bring it level now.
+        weights = self.run_dir / WEIGHTS
+        self._write(lambda: weights_step(weights) == self.step or save_weights(
+            state["model"], weights, self.step, dataclasses.asdict(self.cfg.model)), weights)
+        if self.dist.main:
+            self._truncate_metrics(self.step)
+            before = state.get("global_batch", self.global_batch)
+            if saved_world != self.dist.world and before != self.global_batch:
+                print(f"note: {path} was written by {saved_world} process(es) with {before} sequences per step; "
+                      f"{self.dist.world} process(es) now take {self.global_batch}. Set --train.grad_accum so that "
+                      f"batch_size x grad_accum x processes = {before} to keep the same training.", file=sys.stderr)
 
     # ------------------------------------------------------------------ metrics
 
@@ -151,6 +324,8 @@ class Trainer:
             writer.writerows(rows)
 
     def _open_metrics(self):
+        if not self.dist.main:
+            return None, None
         path = self.run_dir / "metrics.csv"
         new = self.step == 0 or not path.exists()  # a fresh run never appends to an earlier attempt's rows
         f = open(path, "w" if new else "a", newline="")
@@ -160,7 +335,7 @@ class Trainer:
         return f, writer
 
     def _open_tensorboard(self):
-        if not self.t.tensorboard:
+        if not self.t.tensorboard or not self.dist.main:
             return None
         from torch.utils.tensorboard import SummaryWriter
 
@@ -168,34 +343,65 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
 
+    def _eval_indices(self) -> list[tuple[int, bool]]:
+        """(val batch index, counts) for this rank. One process: 0 .. eval_iters-1. Several: rank r takes r,
+        r + world, ... (or all of them from its own streams when the data is sharded); every rank runs the same
+        number of forward passes, padding with batches that do not count (FSDP's collectives need that)."""
+        n, world = self.t.eval_iters, self.dist.world
+        if world == 1 or self.sharded:
+            return [(i, True) for i in range(n)]
+        per_rank = -(-n // world)
+        return [(i % n, i < n) for i in range(self.dist.rank, per_rank * world, world)]
+
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean loss over the fixed validation batches."""
-        self.model.eval()
+        """Mean loss over the fixed validation batches (over every process's batches)."""
+        self.step_module.eval()
+        forward = self.step_module if self.fsdp else self.model.loss  # FSDP must gather the shards
         losses = []
-        for i in range(self.t.eval_iters):
+        for i, counts in self._eval_indices():
             batch = self._to_device(self.data.batch("val", i))
             with self.autocast:
-                losses.append(self.model.loss(batch).item())
-        self.model.train()
-        return sum(losses) / len(losses)
+                loss = forward(batch).item()
+            if counts:
+                losses.append(loss)
+        self.step_module.train()
+        if self.dist.world == 1:
+            return sum(losses) / len(losses)
+        total, count = self.dist.all_reduce_sum([sum(losses), len(losses)])
+        return total / count
 
     def _to_device(self, batch):
         if self.device.type == "cpu":
             return batch
         return tuple(b.to(self.device, non_blocking=True) for b in batch)
 
-    def _train_step(self) -> tuple[float, int]:
-        """One optimizer step over grad_accum micro-batches; returns (mean loss, tokens)."""
+    def _micro_index(self, micro: int) -> int:
+        """The data index of this rank's micro-batch `micro` of the current step."""
+        local = self.step * self.t.grad_accum + micro
+        return local if self.sharded else local * self.dist.world + self.dist.rank
+
+    def _no_sync(self, skip: bool):
+        """Skip the gradient all-reduce of the micro-batches before the last one of a step."""
+        if not skip or self.dist.world == 1:
+            return contextlib.nullcontext()
+        if self.fsdp:
+            return _fsdp_no_sync(self.step_module)
+        return self.step_module.no_sync()
+
+    def _train_step(self) -> tuple[float, int, bool]:
+        """One optimizer step over grad_accum micro-batches; returns (mean loss over every process, tokens over
+        every process, whether some process received SIGINT / SIGTERM)."""
         lr = lr_at(self.step, self.t)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total, tokens = 0.0, 0
         for micro in range(self.t.grad_accum):
-            batch = self._to_device(self.data.batch("train", self.step * self.t.grad_accum + micro))
-            with self.autocast:
-                loss = self.model.loss(batch) / self.t.grad_accum
-            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            batch = self._to_device(self.data.batch("train", self._micro_index(micro)))
+            with self._no_sync(micro < self.t.grad_accum - 1):
+                with self.autocast:
+                    loss = self.step_module(batch) / self.t.grad_accum
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
             total += loss.item()
             tokens += count_tokens(batch)
         if self.scaler:
@@ -208,7 +414,11 @@ class Trainer:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return total, tokens
+        stop = self._stop_signal is not None
+        if self.dist.world > 1:  # one all-reduce: the mean loss, the tokens, and any process's stop request
+            total, tokens, stops = self.dist.all_reduce_sum([total, tokens, float(stop)])
+            total, tokens, stop = total / self.dist.world, int(tokens), stops > 0
+        return total, tokens, stop
 
     def _should_eval(self) -> bool:
         return self.step % self.t.eval_interval == 0 or self.step == self.t.max_iters
@@ -217,20 +427,39 @@ class Trainer:
         every = self.t.save_interval or self.t.eval_interval
         return self.step % every == 0 or self.step == self.t.max_iters
 
+    def _on_signal(self, signum, frame) -> None:
+        # A second Ctrl-C quits at once; not under torchrun, which passes the terminal's Ctrl-C on once more
+        # (and kills its workers itself if they take too long).
+        if self._stop_signal is not None and signum == signal.SIGINT and distributed.launched_world() == 1 \
+                and "LOCAL_RANK" not in os.environ:
+            raise KeyboardInterrupt
+        self._stop_signal = signum
+        if self.progress:
+            print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
+                  "(Ctrl-C again to quit without saving)", file=sys.stderr)
+
+    def _catch_signals(self) -> dict:
+        """SIGINT and SIGTERM only set a flag; fit saves a checkpoint after the step in progress and stops."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        return {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
     def fit(self) -> dict:
         """Train until max_iters; return a summary (final/best val loss, tokens/s, wall time)."""
-        self.model.train()
-        metrics_file, metrics = self._open_metrics()
-        self.tb = self._open_tensorboard()
-        bar = tqdm(total=self.t.max_iters, initial=self.step, disable=not self.progress, file=sys.stderr,
-                   dynamic_ncols=True, desc="train", unit="step")
-        if self.step == 0:
-            self._log_eval(metrics, bar)
+        self.step_module.train()
+        handlers, metrics_file, bar = {}, None, None
         run_tokens, run_time, val = 0, 0.0, None
         try:
+            metrics_file, metrics = self._open_metrics()
+            self.tb = self._open_tensorboard()
+            bar = tqdm(total=self.t.max_iters, initial=self.step, disable=not self.progress, file=sys.stderr,
+                       dynamic_ncols=True, desc="train", unit="step")
+            handlers = self._catch_signals()
+            if self.step == 0:
+                self._log_eval(metrics, bar)
             while self.step < self.t.max_iters:
                 start = time.perf_counter()
-                loss, tokens = self._train_step()
+                loss, tokens, stop = self._train_step()
                 if not math.isfinite(loss):
                     raise LmlabError(f"training diverged at step {self.step + 1} (loss {loss}); "
                                      "lower train.learning_rate or raise train.warmup_iters.")
@@ -244,26 +473,47 @@ class Trainer:
                 if self._should_eval():
                     val = self._log_eval(None, bar)
                     row["val_loss"] = f"{val:.6f}"
-                metrics.writerow(row)
+                if metrics is not None:
+                    metrics.writerow(row)
                 if self.tb:
                     self.tb.add_scalar("loss/train", loss, self.step)
                     self.tb.add_scalar("lr", lr, self.step)
                 if self.step % self.t.log_interval == 0 or self.step == self.t.max_iters:
                     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{run_tokens / run_time:,.0f}")
                 bar.update(1)
-                if self._should_save():
-                    metrics_file.flush()
+                if self._should_save() or stop:
+                    self._write(lambda: metrics_file.flush(), self.run_dir / "metrics.csv")  # rank 0 only
                     self.save_checkpoint()
+                if stop:
+                    raise Interrupted(self._stop_signal or signal.SIGTERM, self.step, self.run_dir)
         finally:
-            bar.close()
-            metrics_file.close()
+            for s, h in handlers.items():
+                signal.signal(s, h)
+            if bar is not None:
+                bar.close()
+            if metrics_file is not None:
+                with contextlib.suppress(OSError):
+                    metrics_file.close()
             if self.tb:
                 self.tb.close()
-        from .report import plot_loss
+            self._end_distributed()
+        if self.dist.main:
+            from .report import plot_loss
 
-        plot_loss(self.run_dir / "metrics.csv", self.run_dir / "loss.png")
+            plot_loss(self.run_dir / "metrics.csv", self.run_dir / "loss.png")
         return {"step": self.step, "val_loss": val, "best_val_loss": self.best_val,
                 "tokens_per_sec": run_tokens / run_time if run_time else 0.0, "train_seconds": self.elapsed}
+
+    def _end_distributed(self) -> None:
+        """Leave the process group. DDP's reducer goes first: were it the last holder of the gloo process group,
+        its destructor would join gloo's threads while holding the GIL, and a thread still freeing a finished
+        collective's Python tensors would wait for that GIL forever (a rare hang seen at exit)."""
+        if self.dist.world > 1 and not self.fsdp:
+            import gc
+
+            self.step_module = distributed.LossModule(self.model)
+            gc.collect()
+        self.dist.close()
 
     def _log_eval(self, metrics, bar) -> float:
         val = self.evaluate()
@@ -274,10 +524,32 @@ class Trainer:
         if val < self.best_val:
             self.best_val = val
             if self.t.keep_best and self.step > 0:
-                save_weights(self.model, self.run_dir / BEST, self.step)
+                weights = self._model_state()
+                self._write(lambda: save_weights(weights, self.run_dir / BEST, self.step,
+                                                 dataclasses.asdict(self.cfg.model)), self.run_dir / BEST)
         if self.progress:
             bar.write(f"step {self.step}: val loss {val:.4f} (best {self.best_val:.4f})", file=sys.stderr)
         return val
+
+
+def weights_step(path: Path) -> int | None:
+    """The step stored in a safetensors file's metadata (None if it is missing or unreadable)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return int((f.metadata() or {}).get("step", -1))
+    except Exception:
+        return None
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(module):
+    module.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        module.set_requires_gradient_sync(True)
 
 
 
@@ -308,7 +580,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
     if getattr(cfg.model, "eot_id", None) == -1 and meta.get("eot_id") is not None:
         cfg.model.eot_id = meta["eot_id"]  # recurrent models reset their state at each document start
     if resume:
-        check_resumable(run_dir)
+        check_resumable(run_dir, cfg)  # a corrupt checkpoint, or one of another architecture, fails here
     data = model_class(cfg.model.family).training_data(cfg)  # each family says what it trains on
     data.split("train"), data.split("val")  # fail on too-short splits before anything is written
     torch.manual_seed(cfg.train.seed)
