@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import lmlab
-from lmlab.classify import (LabelBatches, collate, encode_texts, read_labeled, split_indices, train_classifier,
+from lmlab.classify import (LabelBatches, collate, read_labeled, split_indices, train_classifier,
                             write_tsv)
 from lmlab.errors import LmlabError
 from lmlab.metrics import classification_report
@@ -55,10 +55,10 @@ TINY_LSTM = {"model.n_embd": "32", "model.n_hidden": "32", "train.tensorboard": 
 
 @pytest.fixture(scope="session")
 def lstm_run(mr_small, tmp_path_factory) -> dict:
-    """A tiny BiLSTM classifier trained 8 epochs on the 400 reviews (all of them: --val is the test file)."""
+    """A tiny BiLSTM classifier trained 4 epochs on the 400 reviews (all of them: --val is the test file)."""
     run = tmp_path_factory.mktemp("lstm-cls") / "run"
-    summary = train_classifier(mr_small / "train.tsv", run, kind="lstm", val=mr_small / "test.tsv", epochs=8,
-                               batch_size=32, learning_rate=1e-2, overrides=TINY_LSTM, progress=False)
+    summary = train_classifier(mr_small / "train.tsv", run, kind="lstm", val=mr_small / "test.tsv", epochs=4,
+                               batch_size=32, learning_rate=3e-2, overrides=TINY_LSTM, progress=False)
     return {"run": run, "summary": summary}
 
 

@@ -8,14 +8,13 @@ import json
 import os
 import shutil
 
-import numpy as np
 import pytest
 import torch
 
 import lmlab
 from lmlab.classify import collate, read_labeled
 from lmlab.errors import LmlabError
-from lmlab.models.encoder import Encoder, EncoderConfig, MLMBlocks, mask_tokens
+from lmlab.models.encoder import Encoder, MLMBlocks, mask_tokens
 from lmlab.models.layers import PostLNBlock
 from lmlab.tokenizer import WordPieceTokenizer, load_tokenizer, load_wordpiece, train_wordpiece
 

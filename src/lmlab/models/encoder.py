@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import LmlabError
-from .classifier import ClassifierMixin, check_classifier, head_init, pool
+from .classifier import ClassifierMixin, check_classifier, pool
 from .layers import PostLNBlock, init_weights
 
 POOLINGS = ("cls", "mean")
