@@ -319,6 +319,8 @@ def test_packed_decoding_linear_matches_and_follows_weight_updates():
     x = torch.randn(4, 1, 16)  # one position of 4 sequences: the packed path
     with torch.inference_mode():
         torch.testing.assert_close(linear(layer, x), layer(x), rtol=0, atol=1e-5)
+        odd = torch.randn(5, 1, 16)  # padded to 8 rows (the packed weight's bucket)
+        torch.testing.assert_close(linear(layer, odd), layer(odd), rtol=0, atol=1e-5)
     with torch.no_grad():
         layer.weight.mul_(2)  # e.g. an optimizer step between two generations
     with torch.inference_mode():

@@ -13,20 +13,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # Decoding on CPU (inference, one new position per sequence, a few sequences) runs nn.Linear through MKL on a
-# copy of the weight prepacked for that many rows: F.linear's plain sgemm on the [out, in] weight is up to 2.7x
-# slower at 8 rows (measured on the 2-core Xeon, one thread: 1,000 vs 375 us for 768 -> 3072). One row (a
-# matrix-vector product) is bound by memory either way and keeps the plain path, as do training (grad enabled),
-# several positions per row (a prompt), other devices and dtypes.
+# copy of the weight prepacked for a number of rows: F.linear's plain sgemm on the [out, in] weight is up to 2.7x
+# slower at 8 rows (measured on the 2-core Xeon, one thread: 1,000 vs 375 us for 768 -> 3072; a whole 12x768
+# decoding step at batch 8: 62 vs 111 ms of CPU time). The rows are padded up to a power of two, so a batch whose
+# size changes (a server's running requests) repacks only when it crosses one. One row (a matrix-vector
+# product) is bound by memory either way and keeps the plain path, as do training (grad enabled), several
+# positions per row (a prompt), other devices and dtypes.
 PACK_ROWS = (2, 64)  # inclusive range of rows that use a packed weight; None turns packing off
-PACK_BACKEND = "mkl"  # mkl (packed for the exact row count) or mkldnn (oneDNN's blocked layout, any row count)
-_packed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # nn.Linear -> (weight version, rows, packed)
+_packed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # nn.Linear -> ((weight, version, rows), packed)
 
 
 def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """layer(x); a decoding step on CPU goes through a packed copy of the weight (see PACK_ROWS).
 
     One packed copy per layer (the weight's memory once more), made on first use and again whenever the
-    row count or the weight changes (an optimizer step bumps its version).
+    row bucket or the weight changes (an optimizer step bumps its version).
     """
     rows = x.numel() // max(x.shape[-1], 1)
     if (PACK_ROWS is None or not PACK_ROWS[0] <= rows <= PACK_ROWS[1] or (x.dim() > 2 and x.shape[-2] != 1)
@@ -34,21 +35,20 @@ def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
             or torch.is_grad_enabled()):
         return layer(x)
     w = layer.weight
-    key = (w.data_ptr(), w._version, rows if PACK_BACKEND == "mkl" else 0)
+    bucket = 1 << (rows - 1).bit_length()
+    key = (w.data_ptr(), w._version, bucket)
     cached = _packed.get(layer)
     if cached is None or cached[0] != key:
         try:
-            if PACK_BACKEND == "mkl":
-                packed = torch.ops.mkl._mkl_reorder_linear_weight(w.detach(), rows)
-            else:
-                packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), rows)
-        except (RuntimeError, AttributeError):  # a torch built without MKL / oneDNN: plain path from now on
+            cached = _packed[layer] = (key, torch.ops.mkl._mkl_reorder_linear_weight(w.detach(), bucket))
+        except (RuntimeError, AttributeError):  # a torch built without MKL: the plain path from now on
             globals()["PACK_ROWS"] = None
             return layer(x)
-        cached = _packed[layer] = (key, packed)
-    if PACK_BACKEND == "mkl":
-        return torch.ops.mkl._mkl_linear(x, cached[1], w, layer.bias, rows)
-    return torch.ops.mkldnn._linear_pointwise(x, cached[1], layer.bias, "none", [], "")
+    x2 = x.reshape(rows, x.shape[-1])
+    if bucket != rows:
+        x2 = torch.cat([x2, x2.new_zeros(bucket - rows, x2.shape[1])])
+    y = torch.ops.mkl._mkl_linear(x2, cached[1], w, layer.bias, bucket)
+    return (y[:rows] if bucket != rows else y).view(*x.shape[:-1], y.shape[1])
 
 
 class KVCache:
