@@ -12,6 +12,12 @@ from lmlab.errors import LmlabError
 from conftest import SHAKESPEARE, run_main
 
 TEXT = SHAKESPEARE.read_text(encoding="utf-8")
+
+
+def wikitext_like(text: str) -> str:
+    """WikiText's layout: headings " = Title = ", and every line starting with a space (" The ...")."""
+    lines = [" = Act %d = " % i if i % 40 == 0 else " " + line for i, line in enumerate(text.split("\n"))]
+    return "\n".join(lines) + "\n"
 FILES = ("train.bin", "val.bin", "tokenizer.json", "meta.json")
 
 
@@ -24,12 +30,17 @@ def write(path, text):
 @pytest.fixture
 def corpus(tmp_path, monkeypatch):
     monkeypatch.setattr(pw, "RANGE_BYTES", 2048)
+    monkeypatch.setattr(pw, "FALLBACK_AFTER", 300)  # cuts at spaces between letters everywhere, not only in f.txt
     src = tmp_path / "src"
     write(src / "a.txt", TEXT[:12_000].replace("\n\n", "\n\n\n  "))
     write(src / "b" / "de.txt", "Zwei Männer stehen am Herd und bereiten Essen zu.\n Übergrößen: ÄÖÜ ß\n" * 150)
     write(src / "c.txt", "")  # an empty document
     write(src / "d.txt", TEXT[40_000:47_000] + "\r\nno newline at the end")
     write(src / "e.txt", "\u3000indented by an ideographic space\n\u00a0nbsp\nlast\n" * 60)
+    # WikiText: every line starts with a space, so only the fallback cut (a space between letters) applies;
+    # then one long line, and separators that str.isspace() calls whitespace.
+    wiki = wikitext_like(TEXT[60_000:75_000])
+    write(src / "f.txt", wiki + "x" + " ".join(["Café naïve déjà-vu 12 3.5"] * 400) + "\n\x1cy\n\x85z\n")
     return src
 
 
@@ -56,6 +67,17 @@ def test_the_train_val_cut_matches_at_any_point(corpus, tmp_path, val_fraction):
                     progress=False) for w in (1, 2)]
     assert outs[0] == outs[1]
     assert outputs(tmp_path / "o1") == outputs(tmp_path / "o2")
+
+
+def test_pieces_stay_small_where_no_line_can_be_cut():
+    """WikiText has no newline followed by a non-space: pieces are cut at spaces between letters instead, so
+    `tokenizers` never gets one huge string (it needs ~200 bytes per character while it encodes one)."""
+    wiki = wikitext_like(TEXT[:400_000])
+    assert not pw.NEWLINE_CUT.search(wiki)
+    pieces = list(pw._pieces(wiki, 4096))
+    assert "".join(pieces) == wiki and len(pieces) > 50
+    assert max(map(len, pieces)) < 4096 + 200
+    assert all(a[-1].isalpha() and b[0] == " " and b[1].isalpha() for a, b in zip(pieces, pieces[1:]))
 
 
 def test_bad_utf8_is_reported_as_with_one_worker(tmp_path, monkeypatch):

@@ -6,8 +6,9 @@
   meta.json            tokenizer kind, vocab_size, eot_id, dtype, source, val_fraction, and per split
                        the number of tokens, characters and UTF-8 bytes (bits per byte divides by bytes)
 
-It streams: the input is read in chunks of about `chunk_chars` characters and never held whole,
-nor are all the ids. Chunks are cut only just before a newline that is followed by a non-space
+It streams: the input is read in chunks of about `chunk_chars` characters (64K: the `tokenizers` library
+needs ~200 bytes per character while it encodes one string, so 1M-character pieces took ~200 MB) and never
+held whole, nor are all the ids. Chunks are cut only just before a newline that is followed by a non-space
 character. GPT-2's pre-tokenizer always splits there, so BPE sees exactly the words it would see in
 the whole text, and the output is byte-identical for any `chunk_chars`.
 
@@ -212,7 +213,7 @@ def prepare(
     tokenizer="char",
     vocab_size=None,
     val_fraction=0.1,
-    chunk_chars=1 << 20,
+    chunk_chars=1 << 16,
     progress=True,
     workers=1,
 ) -> dict:

@@ -1,8 +1,9 @@
 """`prepare` with several worker processes: the text is cut into byte ranges that the workers read and encode.
 
 The cuts are where the one-process `prepare` may cut a piece (just before a newline followed by a non-space
-character, so BPE sees the same words) plus the train/val cut (the end of the line reaching the split point),
-so the output is byte-identical to the one-process result. The main process plans the ranges (a few seeks per
+character, so BPE sees the same words), or, where those are rare, at a space between two letters, plus the
+train/val cut (the end of the line reaching the split point), so the output is byte-identical to the one-process
+result. The main process plans the ranges (a few seeks per
 range), keeps at most 2 x workers of them in flight and writes the ids in order: memory stays bounded
 whatever the size of the text.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import bisect
 import multiprocessing
 import os
+import re
 import sys
 from collections import Counter, deque
 from pathlib import Path
@@ -33,25 +35,63 @@ class Range:
 
 # ------------------------------------------------------------------------------------------------ planning
 
+# Where the text may be cut without changing any tokenizer's output (char, byte and word tokenizers, and BPE with
+# GPT-2's pre-tokenizer, which never joins the two sides into one pre-token):
+#  (a) just before a newline followed by a non-space character (the only cut of the one-process prepare);
+#  (b) at a space between two letters: the word on the left ends a pre-token, " word" on the right starts one.
+# (b) is the fallback where (a) is rare, as in WikiText, whose every line starts with a space: without it such a
+# text would be encoded as one piece, and `tokenizers` needs ~200 bytes per character while it encodes one.
+NEWLINE_CUT = re.compile(r"\n(?=\S)")
+SPACE_CUT = re.compile(r"(?<=[^\W\d_]) (?=[^\W\d_])")
+NEWLINE_CUT_BYTES = re.compile(rb"\n[^\s]")
+SPACE_CUT_BYTES = re.compile(rb"(?<=[A-Za-z]) (?=[A-Za-z])")  # ASCII letters: enough for a fallback
+FALLBACK_AFTER = 1 << 18  # characters (or bytes) searched for a cut (a) before a cut (b) is taken
+
+
+def _text_cut(text: str, start: int) -> int:
+    """The first allowed cut at or after `start` (a cut (a) if one comes within FALLBACK_AFTER), or -1."""
+    window = start + FALLBACK_AFTER
+    m = NEWLINE_CUT.search(text, start, window)
+    if m:
+        return m.start()
+    for m in SPACE_CUT.finditer(text, start):
+        i = m.start()
+        if text[i - 1].isalpha() and text[i + 1].isalpha():  # [^\W\d_] also lets a few numerals through
+            later = NEWLINE_CUT.search(text, window, i) if i > window else None
+            return later.start() if later else i
+    m = NEWLINE_CUT.search(text, window)
+    return m.start() if m else -1
+
+
+def _block_cut(block: bytes, n: int, prefer_newline: bool) -> int:
+    """An allowed cut in block[:n] (block holds 4 more bytes to see the character after it), or -1."""
+    a = -1
+    for m in NEWLINE_CUT_BYTES.finditer(block):
+        if m.start() >= n:
+            break
+        if not _starts_with_space(block[m.start() + 1:m.start() + 5]):
+            a = m.start()
+            break
+    m = SPACE_CUT_BYTES.search(block, 0, n + 1)
+    b = m.start() if m and m.start() < n else -1
+    if a >= 0 and (prefer_newline or b < 0 or a < b):
+        return a
+    return b
+
+
 def _next_cut(f, offset: int, end: int) -> int:
-    """The first position >= offset (and < end) of a newline followed by a non-space character, else end."""
-    f.seek(offset)
-    pos = offset
+    """The first allowed cut at or after `offset` (and before `end`) in the open file, else `end`."""
+    pos, first = offset, True
     while pos < end:
-        block = f.read(min(LOOKAHEAD, end - pos) + 4)  # + 4: the character after a newline at the block's end
+        f.seek(pos)
+        n = min(FALLBACK_AFTER, end - pos)
+        block = f.read(n + 4)
         if not block:
-            return end
-        i = 0
-        limit = min(len(block), end - pos)
-        while True:
-            i = block.find(b"\n", i, limit)
-            if i < 0:
-                break
-            nxt = block[i + 1:i + 5]
-            if nxt and not _starts_with_space(nxt):
-                return pos + i
-            i += 1
-        pos += limit
+            break
+        cut = _block_cut(block, n, prefer_newline=first)
+        if cut >= 0:
+            return pos + cut
+        pos, first = pos + n, False
     return end
 
 
@@ -116,7 +156,7 @@ _tok = None
 
 def _init(tokenizer_json: str | None) -> None:
     global _tok
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one process per core already
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core already
     if tokenizer_json is not None:
         from .tokenizer import tokenizer_from_str
 
@@ -150,12 +190,10 @@ def _count_newlines(path: Path, end: int) -> int:
 
 
 def _pieces(text: str, chunk_chars: int) -> Iterator[str]:
-    """The text in pieces of about chunk_chars characters, cut just before a newline followed by a non-space."""
+    """The text in pieces of about chunk_chars characters, cut where _text_cut allows."""
     pos = 0
     while len(text) - pos > chunk_chars:
-        i = text.find("\n", pos + max(chunk_chars, 1))
-        while i >= 0 and (i + 1 >= len(text) or text[i + 1].isspace()):
-            i = text.find("\n", i + 1)
+        i = _text_cut(text, pos + max(chunk_chars, 1))
         if i < 0:
             break
         yield text[pos:i]
@@ -209,7 +247,17 @@ def _pool(workers: int, tokenizer_json: str | None):
     # fork on Linux: no re-import of the caller's __main__ (scripts need no `if __name__ == "__main__"` guard)
     # and no interpreter start-up per worker; spawn elsewhere.
     method = "fork" if sys.platform.startswith("linux") else "spawn"
-    return multiprocessing.get_context(method).Pool(workers, initializer=_init, initargs=(tokenizer_json,))
+    # Workers encode one string at a time: no `tokenizers` thread pool in them (and, set before the fork, no
+    # warning from that library about forking after its threads ran in this process).
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        return multiprocessing.get_context(method).Pool(workers, initializer=_init, initargs=(tokenizer_json,))
+    finally:
+        if before is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = before
 
 
 def train_vocab(kind: str, ranges: list[Range], workers: int, vocab_size, bar):
