@@ -179,10 +179,15 @@ def test_lstm_classifier_ignores_padding(pooling, bidirectional):
     _padding_free(model, [[3, 4, 5, 6, 7, 8, 9], [5, 2], [9, 9, 1, 4]])
 
 
-def test_gpt_classifier_reads_the_last_real_token():
+@pytest.mark.parametrize("pooling", ["last", "mean", "max"])
+def test_gpt_classifier_ignores_padding(pooling):
     torch.manual_seed(0)
-    model = GPTClassifier(GPTClassifierConfig(vocab_size=30, n_layer=2, n_head=2, n_embd=16, block_size=16))
+    model = GPTClassifier(GPTClassifierConfig(vocab_size=30, n_layer=2, n_head=2, n_embd=16, block_size=16,
+                                              pooling=pooling))
     _padding_free(model, [[3, 4, 5, 6, 7, 8, 9], [5, 2], [9, 9, 1, 4]])
+
+
+def test_gpt_classifier_reads_the_last_real_token():
     h = torch.randn(2, 4, 3)
     assert torch.equal(pool(h, torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]]).bool(), "last"), h[[0, 1], [1, 3]])
 
@@ -192,6 +197,8 @@ def test_classifier_config_errors():
         RNNClassifier(RNNClassifierConfig(vocab_size=10, pooling="cls"))
     with pytest.raises(LmlabError, match="num_labels must be at least 2"):
         GPTClassifier(GPTClassifierConfig(vocab_size=10, num_labels=1))
+    with pytest.raises(LmlabError, match="model.pooling must be one of last, mean, max"):
+        GPTClassifier(GPTClassifierConfig(vocab_size=10, pooling="cls"))
 
 
 # ----------------------------------------------------------------------------------- end to end

@@ -328,7 +328,7 @@ def _from_init(kind: str, init, max_length: int, num_labels: int, options: dict)
                    and (model["pooler"] or not k.startswith("pooler."))}
     else:  # gpt
         model.update(family="gpt_classifier", num_labels=num_labels, block_size=min(base.block_size, max_length),
-                     lm_loss_weight=options.get("lm_loss_weight") or 0.0)
+                     lm_loss_weight=options.get("lm_loss_weight") or 0.0, pooling=options.get("pooling") or "last")
     if options.get("dropout") is not None:
         model["dropout"] = options["dropout"]
     return model, tokenizer, tensors
@@ -356,7 +356,8 @@ def _from_scratch(kind: str, texts: list[str], max_length: int, num_labels: int,
         tokenizer = train_tokenizer("bpe", texts, vocab or 4096)
         model = {"family": "gpt_classifier", "vocab_size": tokenizer.vocab_size, "block_size": max_length,
                  "n_layer": 4, "n_head": 4, "n_embd": 256, "num_labels": num_labels,
-                 "lm_loss_weight": options.get("lm_loss_weight") or 0.0, "dropout": 0.1 if dropout is None else dropout}
+                 "lm_loss_weight": options.get("lm_loss_weight") or 0.0, "pooling": options.get("pooling") or "last",
+                 "dropout": 0.1 if dropout is None else dropout}
     return model, tokenizer, None
 
 

@@ -6,7 +6,8 @@ with cross-entropy on the labels, optionally keeping the LM loss as an auxiliary
 The backbone is an unchanged `GPT` (models/gpt.py) under `gpt.`, so an lmlab GPT run initialises it as is. A
 text is read left to right with causal attention, so right padding never reaches the real tokens and the
 head reads the hidden state of the last real token (the end-of-text token appended to every text when the
-tokenizer has one, GPT's "extract" token).
+tokenizer has one, GPT's "extract" token). `pooling: mean | max` reads every real position instead (as the LSTM
+classifier does): with causal attention position t has seen tokens 0..t, so these pool over prefixes.
 """
 from __future__ import annotations
 
@@ -26,10 +27,11 @@ class GPTClassifierConfig(GPTConfig):
     family: str = "gpt_classifier"
     num_labels: int = 2
     lm_loss_weight: float = 0.0  # auxiliary next-token loss on the text (GPT-1: 0.5); 0 = labels only
+    pooling: str = "last"  # last (GPT-1) | mean | max over the real positions
 
     def validate(self) -> None:
         super().validate()
-        check_classifier(self)
+        check_classifier(self, ("last", "mean", "max"))
         if self.lm_loss_weight < 0:
             from ..errors import LmlabError
 
@@ -56,7 +58,7 @@ class GPTClassifier(ClassifierMixin, nn.Module):
         return self._logits(self.gpt.hidden(ids), mask)
 
     def _logits(self, h, mask):
-        return self.head(self.drop(pool(h, mask, "last")))
+        return self.head(self.drop(pool(h, mask, self.cfg.pooling)))
 
     def loss(self, batch) -> torch.Tensor:
         ids, mask, labels = batch
