@@ -13,9 +13,10 @@ texts, which no model or pretraining step sees before.
     `lmlab classify train --model encoder --init <MiniLM dir>` ([CLS] + BERT pooler + linear, as (d)), with
     lmlab's default length-grouped batches (--no-group-by-length: random batches, as (d)).
 (c) an lmlab GPT (4 layers x 128, context 64) pretrained on the review text, then fine-tuned: `lmlab prepare`
-    (byte-level BPE, 2,048; or --gpt-tokenizer word: the LSTM's word vocabulary) + `lmlab train` (1,000 steps of 32 x 64 tokens) on the training texts only (the 9,596
-    of train.tsv), then `lmlab classify train --model gpt --init RUN --lm-loss-weight 0.5` (GPT-1's auxiliary LM
-    loss), 3 epochs.
+    (byte-level BPE, 2,048; or --gpt-tokenizer word: the LSTM's word vocabulary) + `lmlab train` (3,000 steps of
+    32 x 64 tokens) on the training texts only (the 9,596 of train.tsv), then `lmlab classify train --model gpt
+    --init RUN --lm-loss-weight 0.5 --pooling max --lr 1e-3` (GPT-1's auxiliary LM loss; max pooling over the
+    positions, as the LSTM, instead of GPT-1's last token), 3 epochs.
 (d) Hugging Face `AutoModelForSequenceClassification` on the same MiniLM weights with a plain PyTorch loop:
     same texts, epochs, batch size, max length, learning rate, warmup + cosine schedule, AdamW (fused, weight
     decay 0.01 on matrices), gradient clipping 1.0 and seed as (b); final weights (no selection).
@@ -107,10 +108,11 @@ def part_c(split, out, args):
     pretrain = time.perf_counter() - start
     s = train_classifier(split / "train.tsv", out / "c-gpt", kind="gpt", init=out / "c-gpt-pretrained",
                          epochs=args.epochs_gpt, lm_loss_weight=0.5, max_length=MAX_LENGTH, seed=args.seed,
-                         learning_rate=args.lr_gpt, progress=args.progress)
+                         learning_rate=args.lr_gpt, pooling=args.gpt_pooling, progress=args.progress)
     wall = time.perf_counter() - start
     return {"model": f"(c) lmlab GPT 4x{args.gpt_embd} ({args.gpt_tokenizer} {vocab}) pretrained on the reviews "
-                     f"({args.gpt_pretrain_iters} steps, val loss {pre['best_val_loss']:.2f}), fine-tuned",
+                     f"({args.gpt_pretrain_iters} steps, val loss {pre['best_val_loss']:.2f}), fine-tuned, "
+                     f"{args.gpt_pooling} pooling",
             "wall_s": wall, "pretrain_s": pretrain,
             "epochs": args.epochs_gpt, "parameters": s["parameters"], **score(out / "c-gpt", split / "test.tsv")}
 
@@ -288,9 +290,10 @@ def main() -> None:
     p.add_argument("--epochs-bert", type=int, default=2)
     p.add_argument("--lr-bert", type=float, default=1e-4)
     p.add_argument("--epochs-gpt", type=int, default=3)
-    p.add_argument("--gpt-pretrain-iters", type=int, default=1000)
+    p.add_argument("--gpt-pretrain-iters", type=int, default=3000)
     p.add_argument("--gpt-embd", type=int, default=128)
-    p.add_argument("--lr-gpt", type=float, default=3e-4)
+    p.add_argument("--lr-gpt", type=float, default=1e-3)
+    p.add_argument("--gpt-pooling", choices=["last", "mean", "max"], default="max")
     p.add_argument("--gpt-tokenizer", choices=["bpe", "word"], default="bpe")
     p.add_argument("--gpt-vocab", type=int, default=None, help="default 2048 for bpe, 20000 (at most) for word")
     p.add_argument("--seed", type=int, default=1337)
