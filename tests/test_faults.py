@@ -86,6 +86,26 @@ def kill_during_a_checkpoint_write(pid, run, limit=10.0) -> bool:
     return False
 
 
+def kill_after_checkpoints(pid, run, n: int, jitter: float, limit=30.0) -> None:
+    """SIGKILL `pid` `jitter` seconds after it has written `n` more checkpoints (each one a rename of a new
+    trainer_state.pt). Counting steps, not seconds, bounds the progress one attempt makes on a fast machine."""
+    def inode():
+        try:
+            return os.stat(run / "trainer_state.pt").st_ino
+        except FileNotFoundError:
+            return None
+
+    seen, count = inode(), 0
+    deadline = time.monotonic() + limit
+    while count < n and time.monotonic() < deadline:
+        now = inode()
+        if now != seen:
+            seen, count = now, count + 1
+        time.sleep(0.0005)
+    time.sleep(jitter)
+    os.kill(pid, signal.SIGKILL)
+
+
 def test_sigkill_at_random_moments_then_resume_equals_the_uninterrupted_run(char_data, tmp_path):
     kw = dict(model={"dropout": 0.1}, max_iters=50, lr_decay_iters=50, eval_interval=5, save_interval=1,
               eval_iters=2, batch_size=4)
@@ -103,9 +123,8 @@ def test_sigkill_at_random_moments_then_resume_equals_the_uninterrupted_run(char
         pid = fork(attempt)
         if kills % 2:  # every other kill lands inside a checkpoint write
             mid_write += kill_during_a_checkpoint_write(pid, run)
-        else:
-            time.sleep(rng.uniform(0.02, 0.3))
-            os.kill(pid, signal.SIGKILL)
+        else:  # 1 to 3 steps on, somewhere in the step after
+            kill_after_checkpoints(pid, run, rng.randint(1, 3), rng.uniform(0.0, 0.01))
         assert wait(pid) == -signal.SIGKILL, "the training finished before all ten kills"
         kills += 1
         if (run / "trainer_state.pt").exists():  # never a torn or unreadable checkpoint

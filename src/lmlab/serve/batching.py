@@ -372,6 +372,7 @@ class Engine:
         self.prefills = 0
         self.tokens = 0  # tokens generated
         self.batch_rows = 0  # rows summed over steps (mean batch = batch_rows / steps)
+        self._running = 0  # rows in the batch as of the end of the last step (mid-step, the backend's lists change)
 
     # -- called from request handlers
 
@@ -412,7 +413,8 @@ class Engine:
 
     @property
     def running(self) -> int:
-        return len(self.backend.running)
+        """Rows in the running batch as of the end of the last scheduler step (read from other threads)."""
+        return self._running
 
     # -- the scheduler thread
 
@@ -439,6 +441,7 @@ class Engine:
         for r in queued:
             requests[id(r)] = r
         self.backend = make_backend(self.model, self.max_batch)
+        self._running = 0
         for r in requests.values():
             _call(r.on_done, error)
 
@@ -464,6 +467,7 @@ class Engine:
         finished = [s for s in self.backend.running if s.finish is not None]
         if finished:
             self.backend.remove(finished)
+        self._running = len(self.backend.running)
         for key, evs in events.items():
             if not _call(requests[key].on_events, evs):
                 requests[key].cancelled = True  # nobody listens any more: its rows leave at the next step
