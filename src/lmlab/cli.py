@@ -518,7 +518,8 @@ def _add_classify(sub) -> None:
     t.add_argument("--lr", type=float, default=None, help="peak learning rate (default per model)")
     t.add_argument("--seed", type=int, default=1337)
     t.add_argument("--pooling", default=None,
-                   help="encoder: cls (default) or mean; lstm: max (default), mean or last; gpt: last (default), mean or max")
+                   help="encoder: cls (default) or mean; lstm: max (default), mean or last; "
+                        "gpt: last (default), mean or max")
     t.add_argument("--pooler", action=argparse.BooleanOptionalAction, default=None,
                    help="encoder: BERT's dense + tanh pooler before the classifier (default: if the init has one)")
     t.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=True, help="lstm (default on)")
