@@ -19,6 +19,7 @@ as nanoGPT does, so the char vocabulary covers both splits.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import numbers
@@ -156,29 +157,36 @@ def _encode_to(tmp: Path, tok: Tokenizer, files, chunk_chars, split_at, total, p
     """Second pass: encode piece by piece, appending to tmp/train.bin and tmp/val.bin; return counts."""
     dtype = np.dtype(_dtype_for(tok.vocab_size))
     counts = {s: {"tokens": 0, "chars": 0, "bytes": 0} for s in SPLITS}
-    outs = {s: open(tmp / f"{s}.bin", "wb") for s in SPLITS}
     first_doc = True
+    with _split_files(tmp) as outs, _bar(progress, total, "encode") as bar:
+        for split, text, starts_doc in _pieces(files, chunk_chars, split_at):
+            ids = tok.encode(text)
+            if starts_doc and tok.eot_id is not None and not first_doc:
+                ids = [tok.eot_id] + ids  # documents are separated by end-of-text
+            first_doc = False
+            np.asarray(ids, dtype=dtype).tofile(outs[split])
+            nbytes = len(text.encode("utf-8"))
+            c = counts[split]
+            c["tokens"] += len(ids)
+            c["chars"] += len(text)
+            c["bytes"] += nbytes
+            bar.update(nbytes)
+    return counts
+
+
+@contextlib.contextmanager
+def _split_files(tmp: Path) -> Iterator[dict]:
+    """tmp/train.bin and tmp/val.bin open for writing, by split name; synced to disk when the block succeeds,
+    closed in any case."""
+    outs = {s: open(tmp / f"{s}.bin", "wb") for s in SPLITS}
     try:
-        with _bar(progress, total, "encode") as bar:
-            for split, text, starts_doc in _pieces(files, chunk_chars, split_at):
-                ids = tok.encode(text)
-                if starts_doc and tok.eot_id is not None and not first_doc:
-                    ids = [tok.eot_id] + ids  # documents are separated by end-of-text
-                first_doc = False
-                np.asarray(ids, dtype=dtype).tofile(outs[split])
-                nbytes = len(text.encode("utf-8"))
-                c = counts[split]
-                c["tokens"] += len(ids)
-                c["chars"] += len(text)
-                c["bytes"] += nbytes
-                bar.update(nbytes)
+        yield outs
         for f in outs.values():
             f.flush()
             os.fsync(f.fileno())
     finally:
         for f in outs.values():
             f.close()
-    return counts
 
 
 def _prepare_with_workers(tmp, tokenizer, vocab_size, files, chunk_chars, split_at, total, progress, workers):
@@ -194,16 +202,8 @@ def _prepare_with_workers(tmp, tokenizer, vocab_size, files, chunk_chars, split_
     else:
         tok = _build_tokenizer(tokenizer, vocab_size, files, chunk_chars, split_at, total, progress)
     counts = {s: {"tokens": 0, "chars": 0, "bytes": 0} for s in SPLITS}
-    outs = {s: open(tmp / f"{s}.bin", "wb") for s in SPLITS}
-    try:
-        with _bar(progress, total, "encode") as bar:
-            pw.encode(tok, ranges, outs, counts, chunk_chars, np.dtype(_dtype_for(tok.vocab_size)), workers, bar)
-        for f in outs.values():
-            f.flush()
-            os.fsync(f.fileno())
-    finally:
-        for f in outs.values():
-            f.close()
+    with _split_files(tmp) as outs, _bar(progress, total, "encode") as bar:
+        pw.encode(tok, ranges, outs, counts, chunk_chars, np.dtype(_dtype_for(tok.vocab_size)), workers, bar)
     return tok, counts
 
 
