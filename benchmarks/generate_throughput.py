@@ -18,6 +18,9 @@ batch 1 unless `--no-cache all` (batch 8 there takes minutes).
 `--dtype bf16|int8` adds lmlab's opt-in lower-precision decoding (`lmlab.generate.decoding_model`),
 reported in its own table with its logit error against fp32: it is not a same-weights comparison.
 
+Before the tables it measures the bandwidth a matrix-vector product reads from memory, and for each shape
+the time a step needs at least to read the weights at that rate: batch-1 decoding cannot go faster.
+
 Each side lives in its own worker process and the sides are timed in interleaved rounds; medians are
 reported because this machine is shared and noisy: the ratios measured in the same run are what matter.
 The ratio is also given by the processes' CPU time, which other programs on the machine disturb less than
@@ -195,6 +198,8 @@ def main():
         return worker(side, shape, int(batch), int(new), args.threads)
     print(f"torch {torch.__version__}, {args.threads or torch.get_num_threads()} threads; greedy, "
           f"{PROMPT_TOKENS}-token prompts, {args.rounds} rounds, median; load average {_load()}")
+    bandwidth = read_bandwidth(args.threads)
+    print(f"memory read bandwidth (a matrix-vector product over 512 MB, best of 6): {bandwidth / 1e9:.1f} GB/s")
     for shape in args.shapes:
         rows, low_rows = [], []
         new = min(args.new_tokens, SHAPES[shape]["block_size"] - PROMPT_TOKENS)  # HF stops at n_positions
@@ -230,7 +235,11 @@ def main():
                                 f"{rate[s] / rate[HF]:.2f}x | {err[d]:.2e} (logit std {err['logit std']:.2f}) | "
                                 f"{first_divergence(tokens[s], tokens[OURS])} |")
         s = SHAPES[shape]
+        weight_bytes = 4 * sum(p.numel() for n, p in lmlab_model(shape).named_parameters() if n != "wpe.weight")
         print(f"\n## {shape}, vocab {s['vocab_size']}, fp32, same weights, {new} new tokens")
+        print(f"Every step reads the weights once: {weight_bytes / 1e6:.0f} MB, at least "
+              f"{1000 * weight_bytes / bandwidth:.1f} ms at that bandwidth when they do not stay in cache "
+              f"(a ceiling of {bandwidth / weight_bytes:.0f} tok/s per row of batch 1).")
         print("| batch | HF generate tok/s (ms/step) | lmlab tok/s (ms/step) | lmlab / HF | same by CPU time | "
               + ("lmlab unpacked tok/s (/ HF) | " if args.unpacked else "")
               + "no cache tok/s | cache speed-up | max logit diff vs HF | greedy tokens vs HF |")
@@ -243,6 +252,22 @@ def main():
             print("\n".join(low_rows))
         sys.stdout.flush()
     print(f"\nload average at the end {_load()}")
+
+
+def read_bandwidth(threads: int | None) -> float:
+    """Bytes per second a matrix-vector product reads from a matrix too large for any cache (512 MB): the
+    access pattern of batch-1 decoding, so its roofline."""
+    import torch.nn.functional as F
+
+    if threads:
+        torch.set_num_threads(threads)
+    matrix, vector = torch.rand(128 << 10, 1024), torch.rand(1, 1024)
+    best = float("inf")
+    for _ in range(6):
+        start = time.perf_counter()
+        F.linear(vector, matrix)
+        best = min(best, time.perf_counter() - start)
+    return matrix.numel() * matrix.element_size() / best
 
 
 def _load() -> str:
