@@ -402,7 +402,10 @@ def test_timeout_and_disconnect_cancel_generation(models):
     engine = app.state.served["tiny"].engine
     with ServerThread(app) as url:
         with httpx.stream("POST", url + "/v1/completions", json={**slow, "stream": True}) as r:
-            next(r.iter_lines())
+            # Keep the line iterator referenced: when a dropped one is collected, httpx closes the connection,
+            # and the server (rightly) cancels the generation; that made this check flaky.
+            lines = r.iter_lines()
+            next(lines)
             assert engine.running == 1
         wait_until(lambda: engine.running == 0)
         with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as sock:
