@@ -187,6 +187,36 @@ def test_gpt_classifier_ignores_padding(pooling):
     _padding_free(model, [[3, 4, 5, 6, 7, 8, 9], [5, 2], [9, 9, 1, 4]])
 
 
+def _hybrid(**kw):
+    torch.manual_seed(0)
+    return GPTClassifier(GPTClassifierConfig(vocab_size=30, n_layer=2, n_head=2, n_embd=16, block_size=16,
+                                             pooling="max", num_labels=3, label_lms=True, **kw))
+
+
+def test_label_lms_score_each_text_under_each_label_and_ignore_padding():
+    model = _hybrid(head_scale=0.5, generative_scale=0.3).eval()
+    rows = [[3, 4, 5, 6, 7, 8, 9], [5, 2], [9, 9, 1, 4]]
+    x, mask = collate(rows, pad_id=0)
+    with torch.no_grad():
+        scores = model.label_logprobs(x, mask)
+        for i, r in enumerate(rows):  # log P(tokens 1.. | token 0) under each label's own GPT, by hand
+            ids = torch.tensor([r])
+            for c, lm in enumerate(model.label_lms):
+                logp = torch.log_softmax(lm(ids)[0, :-1], -1).gather(-1, ids[0, 1:, None]).sum()
+                assert abs(scores[i, c] - logp) < 1e-4
+        assert torch.allclose(model.logits(x, mask), 0.5 * model.head_logits(x, mask) + 0.3 * scores, atol=1e-5)
+    _padding_free(model, rows)
+
+
+def test_each_text_trains_only_its_own_labels_lm():
+    model = _hybrid()
+    x, mask = collate([[3, 4, 5, 6], [7, 8, 9]], pad_id=0)
+    model.loss((x, mask, torch.tensor([2, 2]))).backward()
+    grads = [lm.wte.weight.grad for lm in model.label_lms]
+    assert grads[0] is None and grads[1] is None and grads[2].abs().sum() > 0
+    assert model.gpt.wte.weight.grad.abs().sum() > 0 and model.head.weight.grad.abs().sum() > 0
+
+
 def test_gpt_classifier_reads_the_last_real_token():
     h = torch.randn(2, 4, 3)
     assert torch.equal(pool(h, torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]]).bool(), "last"), h[[0, 1], [1, 3]])
@@ -199,6 +229,10 @@ def test_classifier_config_errors():
         GPTClassifier(GPTClassifierConfig(vocab_size=10, num_labels=1))
     with pytest.raises(LmlabError, match="model.pooling must be one of last, mean, max"):
         GPTClassifier(GPTClassifierConfig(vocab_size=10, pooling="cls"))
+    with pytest.raises(LmlabError, match="generative_scale >= 0 \\(with model.label_lms\\)"):
+        GPTClassifier(GPTClassifierConfig(vocab_size=10, generative_scale=0.5))
+    with pytest.raises(LmlabError, match="model.head_scale must be > 0"):
+        GPTClassifier(GPTClassifierConfig(vocab_size=10, label_lms=True, head_scale=0.0))
 
 
 # ----------------------------------------------------------------------------------- end to end
@@ -247,37 +281,85 @@ def test_predict_prints_label_and_probabilities(lstm_run, capsys):
     assert label == rows[1]["label"] and text == "dull , lifeless and boring" and "neg 0." in probs
 
 
-def test_gpt_pretrain_then_fine_tune(mr, tmp_path, capsys):
-    """GPT-1's recipe in miniature: LM-pretrain a GPT on review text, then fine-tune it with a classifier head."""
-    texts, labels = mr
-    (tmp_path / "reviews.txt").write_text("\n".join(texts[:3000:3]) + "\n", encoding="utf-8")
-    lmlab.prepare(tmp_path / "reviews.txt", tmp_path / "lm", tokenizer="bpe", vocab_size=400, progress=False)
+@pytest.fixture(scope="session")
+def review_gpt(mr, tmp_path_factory) -> Path:
+    """A small GPT LM-pretrained (20 steps) on 1,000 of the reviews, with a BPE vocabulary of 400."""
+    texts, _ = mr
+    out = tmp_path_factory.mktemp("review-gpt")
+    (out / "reviews.txt").write_text("\n".join(texts[:3000:3]) + "\n", encoding="utf-8")
+    lmlab.prepare(out / "reviews.txt", out / "lm", tokenizer="bpe", vocab_size=400, progress=False)
     cfg = lmlab.load_config(None, {"model.n_layer": "2", "model.n_head": "2", "model.n_embd": "32",
-                                   "model.block_size": "48", "data.dir": str(tmp_path / "lm"),
+                                   "model.block_size": "48", "data.dir": str(out / "lm"),
                                    "train.max_iters": "20", "train.eval_interval": "20", "train.eval_iters": "2",
                                    "train.batch_size": "16", "train.tensorboard": "false"})
-    lmlab.train(cfg, tmp_path / "gpt", progress=False)
+    lmlab.train(cfg, out / "gpt", progress=False)
+    return out / "gpt"
+
+
+def test_gpt_pretrain_then_fine_tune(mr, review_gpt, tmp_path, capsys):
+    """GPT-1's recipe in miniature: LM-pretrain a GPT on review text, then fine-tune it with a classifier head."""
+    texts, labels = mr
     write_tsv(tmp_path / "train.tsv", texts[5000:5100] + texts[5400:5500], labels[5000:5100] + labels[5400:5500])
     code, out, err = run_main(["classify", "train", "--train", tmp_path / "train.tsv", "--model", "gpt", "--init",
-                               tmp_path / "gpt", "--out", tmp_path / "cls", "--epochs", "1", "--max-length", "32",
+                               review_gpt, "--out", tmp_path / "cls", "--epochs", "1", "--max-length", "32",
                                "--lm-loss-weight", "0.5", "--quiet", "--train.tensorboard", "false"], capsys)
     assert code == 0, err
     assert "gpt classifier" in out and "validation accuracy" in out
     cfg = json.loads((tmp_path / "cls" / "config.json").read_text())
     assert cfg["family"] == "gpt_classifier" and cfg["block_size"] == 32 and cfg["lm_loss_weight"] == 0.5
-    assert (tmp_path / "cls" / "tokenizer.json").read_text() == (tmp_path / "gpt" / "tokenizer.json").read_text()
+    assert (tmp_path / "cls" / "tokenizer.json").read_text() == (review_gpt / "tokenizer.json").read_text()
     # The backbone starts as the pretrained GPT: with no steps it computes the GPT's own hidden states.
     from lmlab.classify import _from_init
     from lmlab.models import build_model
     from lmlab.config import load_config
 
-    model_cfg, tok, tensors = _from_init("gpt", tmp_path / "gpt", 32, 2, {})
+    model_cfg, tok, tensors = _from_init("gpt", review_gpt, 32, 2, {})
     clf = build_model(load_config(None, None, base={"model": model_cfg}).model)
     clf.load_backbone(tensors, "init")
-    gpt, _ = lmlab.load(tmp_path / "gpt")
+    gpt, _ = lmlab.load(review_gpt)
     ids = torch.tensor([tok.encode(texts[7])[:30]])
     with torch.no_grad():
         assert torch.allclose(clf.eval().gpt.hidden(ids), gpt.hidden(ids), atol=1e-6)
+
+
+def test_gpt_with_one_lm_per_label(mr, review_gpt, tmp_path, capsys):
+    """--label-lms: each label's LM learns its own texts, and the head + generative weights fitted on the
+    validation texts fit them at least as well as the head alone."""
+    from lmlab.classify import _batched, load_classifier
+
+    texts, labels = mr
+    pick = list(range(5000, 5150)) + list(range(5400, 5550))
+    write_tsv(tmp_path / "train.tsv", [texts[i] for i in pick], [labels[i] for i in pick])
+    val = list(range(6000, 6100)) + list(range(300, 400))  # 100 neg + 100 pos (neg.txt is read first)
+    write_tsv(tmp_path / "val.tsv", [texts[i] for i in val], [labels[i] for i in val])
+    code, out, err = run_main(["classify", "train", "--train", tmp_path / "train.tsv", "--val", tmp_path / "val.tsv",
+                               "--model", "gpt", "--init", review_gpt, "--out", tmp_path / "cls", "--epochs", "3",
+                               "--max-length", "32", "--lr", "3e-3", "--lm-loss-weight", "0.5", "--label-lms",
+                               "--pooling", "max", "--quiet", "--train.tensorboard", "false"], capsys)
+    assert code == 0, err
+    assert "label LMs: logits = " in out and "x log P(text | label)" in out
+    model, tok, info = load_classifier(tmp_path / "cls")
+    assert model.cfg.label_lms and model.cfg.head_scale > 0 and model.cfg.generative_scale >= 0
+    assert len(model.label_lms) == 2 and info["labels"] == ["neg", "pos"]
+    # Trained on its label's texts, each LM gives them a higher likelihood than the other label's LM does.
+    scores = _batched(model, tok, info, [texts[i] for i in pick], model.label_logprobs)
+    own = np.array([info["labels"].index(labels[i]) for i in pick])
+    assert (scores.argmax(1) == own).mean() > 0.7
+    # The fitted weights are the validation cross-entropy's minimum: no worse than the head alone.
+    vx, vy = [texts[i] for i in val], torch.tensor([info["labels"].index(labels[i]) for i in val])
+    head = torch.as_tensor(_batched(model, tok, info, vx, model.head_logits))
+    generative = torch.as_tensor(_batched(model, tok, info, vx, model.label_logprobs))
+    ce = lambda a, b: torch.nn.functional.cross_entropy(a * head + b * generative, vy).item()  # noqa: E731
+    fitted = ce(model.cfg.head_scale, model.cfg.generative_scale)
+    assert fitted <= ce(1.0, 0.0) + 1e-6 and fitted <= ce(model.cfg.head_scale * 1.2, model.cfg.generative_scale) + 1e-6
+    code, out, err = run_main(["classify", "predict", tmp_path / "cls", "a gorgeous , witty film"], capsys)
+    assert code == 0 and ("pos" in out or "neg" in out), err
+
+
+def test_label_lms_is_for_gpt(mr_small, tmp_path, capsys):
+    code, out, err = run_main(["classify", "train", "--train", mr_small / "train.tsv", "--model", "lstm",
+                               "--label-lms", "--out", tmp_path / "x"], capsys)
+    assert_user_error(code, out, err, "--label-lms is for --model gpt, not --model lstm")
 
 
 def test_encoder_from_scratch_trains(mr_small, tmp_path, capsys):

@@ -328,7 +328,8 @@ def _from_init(kind: str, init, max_length: int, num_labels: int, options: dict)
                    and (model["pooler"] or not k.startswith("pooler."))}
     else:  # gpt
         model.update(family="gpt_classifier", num_labels=num_labels, block_size=min(base.block_size, max_length),
-                     lm_loss_weight=options.get("lm_loss_weight") or 0.0, pooling=options.get("pooling") or "last")
+                     lm_loss_weight=options.get("lm_loss_weight") or 0.0, pooling=options.get("pooling") or "last",
+                     label_lms=bool(options.get("label_lms")))
     if options.get("dropout") is not None:
         model["dropout"] = options["dropout"]
     return model, tokenizer, tensors
@@ -357,7 +358,7 @@ def _from_scratch(kind: str, texts: list[str], max_length: int, num_labels: int,
         model = {"family": "gpt_classifier", "vocab_size": tokenizer.vocab_size, "block_size": max_length,
                  "n_layer": 4, "n_head": 4, "n_embd": 256, "num_labels": num_labels,
                  "lm_loss_weight": options.get("lm_loss_weight") or 0.0, "pooling": options.get("pooling") or "last",
-                 "dropout": 0.1 if dropout is None else dropout}
+                 "label_lms": bool(options.get("label_lms")), "dropout": 0.1 if dropout is None else dropout}
     return model, tokenizer, None
 
 
@@ -388,7 +389,7 @@ def train_classifier(train, out, kind: str = "encoder", val=None, init=None, tex
 
     Without `val`, round(val_fraction * n) of the training texts (a split_indices(n, val_fraction, split_seed)
     split) are held out for validation. `init` is an lmlab run (an MLM-pretrained or converted encoder; a GPT)
-    or a Hugging Face BERT directory. `options`: pooling, pooler, bidirectional, lm_loss_weight, dropout,
+    or a Hugging Face BERT directory. `options`: pooling, pooler, bidirectional, lm_loss_weight, label_lms, dropout,
     vocab_size (from-scratch tokenizer). `group_by_length`: training batches of similar lengths (LabelBatches).
     `overrides`: dotted config fields (model.X, train.X), applied last.
     Returns the Trainer's summary plus the validation metrics.
@@ -407,6 +408,9 @@ def train_classifier(train, out, kind: str = "encoder", val=None, init=None, tex
         raise LmlabError(f"{out} already holds a run; choose another --out.")
     if max_length < 2:
         raise LmlabError(f"--max-length must be at least 2 tokens, got {max_length}.")
+    gpt_only = [name for name in ("lm_loss_weight", "label_lms") if options.get(name)]
+    if kind != "gpt" and gpt_only:
+        raise LmlabError(f"--{gpt_only[0].replace('_', '-')} is for --model gpt, not --model {kind}.")
     texts, labels = read_labeled(train, text_column, label_column, encoding)
     if val is not None:
         val_texts, val_labels = read_labeled(val, text_column, label_column, encoding)
@@ -463,6 +467,9 @@ def train_classifier(train, out, kind: str = "encoder", val=None, init=None, tex
             "val_texts": len(val_texts)}
     atomic_write_json(out / INFO, info)
     summary = trainer.fit()
+    if getattr(cfg.model, "label_lms", False):
+        summary["head_scale"], summary["generative_scale"] = fit_generative_scales(
+            out, val_texts, [index[l] for l in val_labels], str(trainer.device))
     model_, tok_, info_ = load_classifier(out, device=str(trainer.device))
     probs = predict_proba(model_, tok_, info_, val_texts)
     report = _report(np.array([index[l] for l in val_labels]), probs.argmax(1), names)
@@ -472,6 +479,36 @@ def train_classifier(train, out, kind: str = "encoder", val=None, init=None, tex
     summary.update(val_metrics=info["val_metrics"], wall_seconds=info["train_seconds"], labels=names,
                    parameters=net.num_parameters())
     return summary
+
+
+def fit_generative_scales(run, texts: list[str], labels: list[int], device: str = "cpu") -> tuple[float, float]:
+    """For a GPT classifier with one LM per label (model.label_lms): the weights of its two scores,
+    logits = head_scale * head logits + generative_scale * log P(text | label), that minimise the cross-entropy on
+    the validation texts (a two-feature logistic regression, fitted with L-BFGS), written into the run's
+    config.json. Fitted on held-out texts because both scores are overconfident on the texts they learned from."""
+    import torch
+
+    from .checkpoint import save_model_config
+
+    model, tokenizer, info = load_classifier(run, device=device)
+    head = torch.as_tensor(_batched(model, tokenizer, info, texts, model.head_logits))
+    generative = torch.as_tensor(_batched(model, tokenizer, info, texts, model.label_logprobs))
+    y = torch.as_tensor(labels)
+    scales = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([scales], max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(scales[0] * head + scales[1] * generative, y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    head_scale, generative_scale = scales.detach().tolist()
+    model.cfg.head_scale = max(head_scale, 1e-3)  # kept positive: <= 0 would mean the head hurts on validation
+    model.cfg.generative_scale = max(generative_scale, 0.0)
+    save_model_config(model.cfg, run)
+    return model.cfg.head_scale, model.cfg.generative_scale
 
 
 def load_backbone_into(model, tensors: dict, source) -> None:
@@ -506,6 +543,11 @@ def load_classifier(run, which: str = "best", device: str = "cpu"):
 
 def predict_proba(model, tokenizer, info: dict, texts: list[str], batch_size: int = 64) -> np.ndarray:
     """Class probabilities [N, num_labels] of the texts (batched by length, returned in input order)."""
+    return _batched(model, tokenizer, info, texts, model.predict_proba, batch_size)
+
+
+def _batched(model, tokenizer, info: dict, texts: list[str], fn, batch_size: int = 64) -> np.ndarray:
+    """fn(ids, mask) -> [B, num_labels] over the texts, batched by length, returned in input order."""
     import torch
 
     ids = encode_texts(tokenizer, texts, info["max_length"], info["input_format"])
@@ -518,7 +560,7 @@ def predict_proba(model, tokenizer, info: dict, texts: list[str], batch_size: in
         rows = order[start:start + batch_size]
         x, mask = collate([ids[i] for i in rows], pad)
         with torch.inference_mode():
-            out[rows] = model.predict_proba(x.to(device), mask.to(device)).double().cpu().numpy()
+            out[rows] = fn(x.to(device), mask.to(device)).double().cpu().numpy()
     return out
 
 
