@@ -129,11 +129,11 @@ def part_c(split, out, args):
 
 def head_only_accuracy(run, test_tsv) -> float:
     """Test accuracy of a hybrid GPT classifier's head alone (without the label LMs' term)."""
-    from lmlab.classify import _batched, load_classifier, read_labeled
+    from lmlab.classify import batched_outputs, load_classifier, read_labeled
 
     model, tokenizer, info = load_classifier(run)
     texts, labels = read_labeled(test_tsv)
-    logits = _batched(model, tokenizer, info, texts, model.head_logits)
+    logits = batched_outputs(model, tokenizer, info, texts, model.head_logits)
     return float(np.mean(logits.argmax(1) == np.array([info["labels"].index(y) for y in labels])))
 
 

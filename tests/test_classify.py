@@ -325,7 +325,7 @@ def test_gpt_pretrain_then_fine_tune(mr, review_gpt, tmp_path, capsys):
 def test_gpt_with_one_lm_per_label(mr, review_gpt, tmp_path, capsys):
     """--label-lms: each label's LM learns its own texts, and the head + generative weights fitted on the
     validation texts fit them at least as well as the head alone."""
-    from lmlab.classify import _batched, load_classifier
+    from lmlab.classify import batched_outputs, load_classifier
 
     texts, labels = mr
     pick = list(range(5000, 5150)) + list(range(5400, 5550))
@@ -342,13 +342,13 @@ def test_gpt_with_one_lm_per_label(mr, review_gpt, tmp_path, capsys):
     assert model.cfg.label_lms and model.cfg.head_scale > 0 and model.cfg.generative_scale >= 0
     assert len(model.label_lms) == 2 and info["labels"] == ["neg", "pos"]
     # Trained on its label's texts, each LM gives them a higher likelihood than the other label's LM does.
-    scores = _batched(model, tok, info, [texts[i] for i in pick], model.label_logprobs)
+    scores = batched_outputs(model, tok, info, [texts[i] for i in pick], model.label_logprobs)
     own = np.array([info["labels"].index(labels[i]) for i in pick])
     assert (scores.argmax(1) == own).mean() > 0.7
     # The fitted weights are the validation cross-entropy's minimum: no worse than the head alone.
     vx, vy = [texts[i] for i in val], torch.tensor([info["labels"].index(labels[i]) for i in val])
-    head = torch.as_tensor(_batched(model, tok, info, vx, model.head_logits))
-    generative = torch.as_tensor(_batched(model, tok, info, vx, model.label_logprobs))
+    head = torch.as_tensor(batched_outputs(model, tok, info, vx, model.head_logits))
+    generative = torch.as_tensor(batched_outputs(model, tok, info, vx, model.label_logprobs))
     ce = lambda a, b: torch.nn.functional.cross_entropy(a * head + b * generative, vy).item()  # noqa: E731
     fitted = ce(model.cfg.head_scale, model.cfg.generative_scale)
     assert fitted <= ce(1.0, 0.0) + 1e-6 and fitted <= ce(model.cfg.head_scale * 1.2, model.cfg.generative_scale) + 1e-6

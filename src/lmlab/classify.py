@@ -491,8 +491,8 @@ def fit_generative_scales(run, texts: list[str], labels: list[int], device: str 
     from .checkpoint import save_model_config
 
     model, tokenizer, info = load_classifier(run, device=device)
-    head = torch.as_tensor(_batched(model, tokenizer, info, texts, model.head_logits))
-    generative = torch.as_tensor(_batched(model, tokenizer, info, texts, model.label_logprobs))
+    head = torch.as_tensor(batched_outputs(model, tokenizer, info, texts, model.head_logits))
+    generative = torch.as_tensor(batched_outputs(model, tokenizer, info, texts, model.label_logprobs))
     y = torch.as_tensor(labels)
     scales = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([scales], max_iter=100, line_search_fn="strong_wolfe")
@@ -543,10 +543,10 @@ def load_classifier(run, which: str = "best", device: str = "cpu"):
 
 def predict_proba(model, tokenizer, info: dict, texts: list[str], batch_size: int = 64) -> np.ndarray:
     """Class probabilities [N, num_labels] of the texts (batched by length, returned in input order)."""
-    return _batched(model, tokenizer, info, texts, model.predict_proba, batch_size)
+    return batched_outputs(model, tokenizer, info, texts, model.predict_proba, batch_size)
 
 
-def _batched(model, tokenizer, info: dict, texts: list[str], fn, batch_size: int = 64) -> np.ndarray:
+def batched_outputs(model, tokenizer, info: dict, texts: list[str], fn, batch_size: int = 64) -> np.ndarray:
     """fn(ids, mask) -> [B, num_labels] over the texts, batched by length, returned in input order."""
     import torch
 
