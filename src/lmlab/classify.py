@@ -396,7 +396,7 @@ def train_classifier(train, out, kind: str = "encoder", val=None, init=None, tex
     """
     import torch
 
-    from .checkpoint import STATE
+    from .checkpoint import STATE, save_model_config
     from .config import load_config
     from .models import build_model
     from .train import Trainer
@@ -467,10 +467,11 @@ def train_classifier(train, out, kind: str = "encoder", val=None, init=None, tex
             "val_texts": len(val_texts)}
     atomic_write_json(out / INFO, info)
     summary = trainer.fit()
+    model_, tok_, info_ = load_classifier(out, device=str(trainer.device))
     if getattr(cfg.model, "label_lms", False):
         summary["head_scale"], summary["generative_scale"] = fit_generative_scales(
-            out, val_texts, [index[l] for l in val_labels], str(trainer.device))
-    model_, tok_, info_ = load_classifier(out, device=str(trainer.device))
+            model_, tok_, info_, val_texts, [index[l] for l in val_labels])
+        save_model_config(model_.cfg, out)
     probs = predict_proba(model_, tok_, info_, val_texts)
     report = _report(np.array([index[l] for l in val_labels]), probs.argmax(1), names)
     info["val_metrics"] = {k: report[k] for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1")}
@@ -481,16 +482,13 @@ def train_classifier(train, out, kind: str = "encoder", val=None, init=None, tex
     return summary
 
 
-def fit_generative_scales(run, texts: list[str], labels: list[int], device: str = "cpu") -> tuple[float, float]:
+def fit_generative_scales(model, tokenizer, info: dict, texts: list[str], labels: list[int]) -> tuple[float, float]:
     """For a GPT classifier with one LM per label (model.label_lms): the weights of its two scores,
     logits = head_scale * head logits + generative_scale * log P(text | label), that minimise the cross-entropy on
-    the validation texts (a two-feature logistic regression, fitted with L-BFGS), written into the run's
-    config.json. Fitted on held-out texts because both scores are overconfident on the texts they learned from."""
+    the validation texts (a two-feature logistic regression, fitted with L-BFGS), set in model.cfg (the caller
+    saves it). Fitted on held-out texts because both scores are overconfident on the texts they learned from."""
     import torch
 
-    from .checkpoint import save_model_config
-
-    model, tokenizer, info = load_classifier(run, device=device)
     head = torch.as_tensor(batched_outputs(model, tokenizer, info, texts, model.head_logits))
     generative = torch.as_tensor(batched_outputs(model, tokenizer, info, texts, model.label_logprobs))
     y = torch.as_tensor(labels)
@@ -507,7 +505,6 @@ def fit_generative_scales(run, texts: list[str], labels: list[int], device: str 
     head_scale, generative_scale = scales.detach().tolist()
     model.cfg.head_scale = max(head_scale, 1e-3)  # kept positive: <= 0 would mean the head hurts on validation
     model.cfg.generative_scale = max(generative_scale, 0.0)
-    save_model_config(model.cfg, run)
     return model.cfg.head_scale, model.cfg.generative_scale
 
 

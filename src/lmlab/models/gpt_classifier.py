@@ -74,7 +74,7 @@ class GPTClassifier(ClassifierMixin, nn.Module):
             self.label_lms = nn.ModuleList(GPT(cfg.gpt_config()) for _ in range(cfg.num_labels))
 
     def logits(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        logits = self._logits(self.gpt.hidden(ids), mask)
+        logits = self.head_logits(ids, mask)
         if self.cfg.head_scale != 1.0:
             logits = self.cfg.head_scale * logits
         if self.cfg.generative_scale > 0:
@@ -88,13 +88,15 @@ class GPTClassifier(ClassifierMixin, nn.Module):
     def label_logprobs(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """[B, num_labels]: log P(text | label) of each row under each label's LM (label_lms), summed over its
         tokens after the first (which has no context to be predicted from)."""
-        return torch.stack([-self._token_nll(lm, ids, mask).sum(1) for lm in self.label_lms], dim=1)
+        return torch.stack([-self._token_nll(lm, lm.hidden(ids[:, :-1]), ids, mask).sum(1)
+                            for lm in self.label_lms], dim=1)
 
     @staticmethod
-    def _token_nll(lm: GPT, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """[B, T - 1]: -log P(token t | tokens < t) under `lm` for t >= 1, 0 at padding."""
+    def _token_nll(lm: GPT, h: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[B, T - 1]: -log P(token t | tokens < t) under `lm` for t >= 1 from its hidden states h [B, T - 1, C]
+        at positions 0..T-2; 0 at padding."""
         keep = mask[:, 1:]  # the LM head only at real positions (a vocabulary of 50k makes the rest costly)
-        logits = lm.lm_head(lm.hidden(ids[:, :-1])[keep]).float()
+        logits = lm.lm_head(h[keep]).float()
         nll = torch.zeros(keep.shape, device=ids.device)
         nll[keep] = F.cross_entropy(logits, ids[:, 1:][keep], reduction="none")
         return nll
@@ -106,14 +108,13 @@ class GPTClassifier(ClassifierMixin, nn.Module):
         ids, mask, labels = batch
         h = self.gpt.hidden(ids)
         loss = F.cross_entropy(self._logits(h, mask).float(), labels)
-        if self.cfg.label_lms:  # each text trains its own label's LM: mean next-token loss over all texts' tokens
-            nll = sum(self._token_nll(lm, ids[labels == c], mask[labels == c]).sum()
-                      for c, lm in enumerate(self.label_lms) if (labels == c).any())
-            loss = loss + nll / mask[:, 1:].sum().clamp(min=1)
-        if self.cfg.lm_loss_weight > 0:
-            keep = mask[:, 1:]  # predict every real token from the ones before it
-            lm = self.gpt.lm_head(h[:, :-1][keep]).float()
-            loss = loss + self.cfg.lm_loss_weight * F.cross_entropy(lm, ids[:, 1:][keep])
+        tokens = mask[:, 1:].sum().clamp(min=1)  # predicted tokens: every real one after the first
+        for c, lm in enumerate(self.label_lms if self.cfg.label_lms else ()):
+            rows = labels == c  # each text trains its own label's LM (mean over all texts' predicted tokens)
+            if rows.any():
+                loss = loss + self._token_nll(lm, lm.hidden(ids[rows, :-1]), ids[rows], mask[rows]).sum() / tokens
+        if self.cfg.lm_loss_weight > 0:  # GPT-1's auxiliary LM loss, from the head's own forward pass
+            loss = loss + self.cfg.lm_loss_weight * self._token_nll(self.gpt, h[:, :-1], ids, mask).sum() / tokens
         return loss
 
     def load_backbone(self, tensors: dict, source) -> None:
