@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import LmlabError
+from . import kernels
 from .base import NeuralLM
 from .layers import Block, KVCache, init_weights, linear, sinusoidal_positions
 
@@ -115,8 +116,11 @@ class GPT(NeuralLM):
             mask = mask[:, None]
         x = self.wte(idx) + pos
         x = self.drop(x) if self.training else x
-        for i, block in enumerate(self.blocks):
-            x = block(x, cache, i, mask)
+        # A decoding step (one new position per row) on CPU runs every block in one call of the decoding
+        # kernel (kernels.py), which computes what the blocks compute; otherwise, or where it cannot, the blocks.
+        if not (T == 1 and cache is not None and kernels.gpt_blocks_apply(self.blocks, x, cache, pad)):
+            for i, block in enumerate(self.blocks):
+                x = block(x, cache, i, mask)
         if cache is not None:
             cache.length += T
         return self.ln_f(x)

@@ -6,53 +6,61 @@ Attention goes through F.scaled_dot_product_attention, which picks a fused kerne
 from __future__ import annotations
 
 import math
-import weakref
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# Decoding on CPU (inference, one new position per sequence, a few sequences) runs nn.Linear through MKL on a
-# copy of the weight prepacked for a number of rows: F.linear's plain sgemm on the [out, in] weight is up to 2.7x
-# slower at 8 rows (measured on the 2-core Xeon, one thread: 1,000 vs 375 us for 768 -> 3072; a whole 12x768
-# decoding step at batch 8: 62 vs 111 ms of CPU time). The rows are padded up to a power of two, so a batch whose
-# size changes (a server's running requests) repacks only when it crosses one. One row (a matrix-vector
-# product) is bound by memory either way and keeps the plain path, as do training (grad enabled), several
-# positions per row (a prompt), other devices and dtypes.
-PACK_ROWS = (2, 64)  # inclusive range of rows that use a packed weight; None turns packing off
-_packed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # nn.Linear -> ((weight, version, rows), packed)
+from . import kernels
+
+# Decoding on CPU (inference, one new position per sequence, a few sequences) reads every weight once per step and
+# multiplies it by a few rows, so it is bound by memory. It runs nn.Linear on a copy of the weight packed for that:
+# lmlab's small-batch kernel (kernels.py, decode_kernels.cpp) where it builds, else MKL's packed sgemm. (A GPT's
+# blocks go through the kernel in one call per step, see GPT.hidden; this serves the LM head and the other families.)
+# Measured on the 2-core Xeon, the 48 Linear layers of a 12x768 model (340 MB), two threads: 8 rows 15.2 ms (kernel) /
+# 18.4 (MKL packed) / 30.2 (F.linear); 1 row 13.1 / 13.3 / 14.8. MKL's weight is packed for a number of rows, padded
+# up to a power of two, so a batch whose size changes (a server's running requests) repacks only when it crosses one;
+# the kernel's packing does not depend on the rows. Training (grad enabled), several positions per row (a prompt),
+# other devices and dtypes keep the plain path, as does one row without the kernel.
+PACK_ROWS = (1, 64)  # inclusive range of rows that use a packed weight; None turns packing off
 
 
 def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """layer(x); a decoding step on CPU goes through a packed copy of the weight (see PACK_ROWS).
 
     One packed copy per layer (the weight's memory once more), made on first use and again whenever the
-    row bucket or the weight changes (an optimizer step bumps its version).
+    weight changes (an optimizer step bumps its version) or, for MKL, the row bucket.
     """
     rows = x.numel() // max(x.shape[-1], 1)
     if (PACK_ROWS is None or not PACK_ROWS[0] <= rows <= PACK_ROWS[1] or (x.dim() > 2 and x.shape[-2] != 1)
             or type(layer) is not nn.Linear or x.device.type != "cpu" or x.dtype != torch.float32
+            or layer.weight.dtype != torch.float32
             or torch.is_grad_enabled()):
         return layer(x)
     w = layer.weight
-    bucket = 1 << (rows - 1).bit_length()
-    key = (w.data_ptr(), w._version, bucket)
-    cached = _packed.get(layer)
-    if cached is None or cached[0] != key:
+    x2 = x.reshape(rows, x.shape[-1])
+    if kernels.available():
+        y = kernels.small_gemm(x2, kernels.packed_weight(layer), w.shape[0], layer.bias)
+    elif rows > 1:
+        bucket = 1 << (rows - 1).bit_length()
         try:
-            cached = _packed[layer] = (key, torch.ops.mkl._mkl_reorder_linear_weight(w.detach(), bucket))
+            packed = kernels.packed_weight(layer, ("mkl", bucket),
+                                           lambda w: torch.ops.mkl._mkl_reorder_linear_weight(w.detach(), bucket))
         except (RuntimeError, AttributeError):  # a torch built without MKL: the plain path from now on
             globals()["PACK_ROWS"] = None
             return layer(x)
-    x2 = x.reshape(rows, x.shape[-1])
-    if bucket != rows:
-        x2 = torch.cat([x2, x2.new_zeros(bucket - rows, x2.shape[1])])
-    y = torch.ops.mkl._mkl_linear(x2, cached[1], w, layer.bias, bucket)
-    return (y[:rows] if bucket != rows else y).view(*x.shape[:-1], y.shape[1])
+        if bucket != rows:
+            x2 = torch.cat([x2, x2.new_zeros(bucket - rows, x2.shape[1])])
+        y = torch.ops.mkl._mkl_linear(x2, packed, w, layer.bias, bucket)[:rows]
+    else:  # one row without the kernel: MKL's matrix-vector product is as fast as any packing
+        return layer(x)
+    return y.view(*x.shape[:-1], y.shape[1])
 
 
 class KVCache:
     """Preallocated keys/values of every layer: [n_layer, B, n_head, max_len, head_dim]."""
+
+    kernel_table = None  # (blocks, their weight table, packed weights) for the decoding kernel: kernels.py
 
     def __init__(self, n_layer, batch, n_head, max_len, head_dim, dtype, device):
         shape = (n_layer, batch, n_head, max_len, head_dim)
@@ -64,6 +72,7 @@ class KVCache:
         """The cache of the given batch rows, in that order (beam search keeps the rows of its best beams)."""
         out = KVCache.__new__(KVCache)
         out.k, out.v, out.length = self.k.index_select(1, rows), self.v.index_select(1, rows), self.length
+        out.kernel_table = self.kernel_table
         return out
 
     def truncate(self, length: int) -> "KVCache":

@@ -1,0 +1,217 @@
+"""CPU decoding kernels (decode_kernels.cpp), compiled on first use for this CPU: the small-batch matrix
+product of a decoding step (`small_gemm`, used by layers.linear) and a GPT's whole stack of blocks for one new
+position (`gpt_blocks`, used by GPT.hidden).
+
+The kernels are plain C++ (no torch headers), built once with the system's C++ compiler
+(`c++ -O3 -march=native -fopenmp`, about two seconds) into ~/.cache/lmlab/kernels/ (or $XDG_CACHE_HOME), keyed
+by the source, the compiler and the CPU, and called through ctypes (which releases the GIL). They run their
+threads on the OpenMP runtime torch already loaded (the same libgomp.so.1), with torch's thread count. Without
+a compiler, on another platform, or with LMLAB_KERNELS=0, `available()` is False and decoding runs torch ops
+(with MKL's packed sgemm, layers.linear).
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import weakref
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("decode_kernels.cpp")
+_lib: ctypes.CDLL | None | bool = None  # None: not tried yet; False: unavailable
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lmlab" / "kernels"
+
+
+def _cpu_signature() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith(("flags", "Features"))), platform.processor())
+    except OSError:
+        return platform.processor()
+
+
+def _build(compiler: str) -> Path:
+    """The compiled library for this source, compiler and CPU (built now if not cached); atomic write."""
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(source + compiler.encode() + _cpu_signature().encode()).hexdigest()[:16]
+    out = _cache_dir() / f"decode_kernels-{key}.so"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        # (-fno-trapping-math lets floor() vectorize; no flag that changes what the arithmetic computes)
+        subprocess.run([compiler, "-O3", "-march=native", "-fno-trapping-math", "-fno-math-errno", "-fopenmp",
+                        "-shared", "-fPIC", "-std=c++17",
+                        str(SOURCE), "-o", tmp], check=True, capture_output=True, timeout=120)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+def _load():
+    global _lib
+    if _lib is None:
+        _lib = False
+        compiler = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
+        if os.environ.get("LMLAB_KERNELS", "1") != "0" and platform.system() == "Linux" and compiler:
+            try:
+                lib = ctypes.CDLL(str(_build(compiler)))
+                lib.lmlab_small_gemm.restype = None
+                lib.lmlab_small_gemm.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                                                 ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+                lib.lmlab_panel_width.restype = ctypes.c_int
+                lib.lmlab_gpt_blocks.restype = None
+                lib.lmlab_gpt_blocks.argtypes = ([ctypes.c_void_p] + [ctypes.c_int64] * 5
+                                                 + [ctypes.c_float, ctypes.c_int] + [ctypes.c_void_p] * 3
+                                                 + [ctypes.c_int64] * 4 + [ctypes.c_void_p] * 2 + [ctypes.c_int])
+                _lib = lib
+            except (OSError, subprocess.SubprocessError):
+                pass  # no working compiler: MKL it is
+    return _lib
+
+
+_disabled = 0  # depth of `disabled()` blocks
+
+
+def available() -> bool:
+    return not _disabled and bool(_load())
+
+
+@contextlib.contextmanager
+def disabled():
+    """Decode with torch ops only (MKL's packed sgemm) inside this block: to compare the two, in tests and
+    benchmarks."""
+    global _disabled
+    _disabled += 1
+    try:
+        yield
+    finally:
+        _disabled -= 1
+
+
+def pack(weight: torch.Tensor) -> torch.Tensor:
+    """weight [N, K] as the kernel's panels [ceil(N / P), K, P] (zero columns past N)."""
+    P = _load().lmlab_panel_width()
+    N, K = weight.shape
+    padded = torch.zeros(-(-N // P) * P, K, dtype=torch.float32)
+    padded[:N] = weight.detach()
+    return padded.view(-1, P, K).transpose(1, 2).contiguous()
+
+
+def small_gemm(x: torch.Tensor, packed: torch.Tensor, n_out: int, bias: torch.Tensor | None) -> torch.Tensor:
+    """x [M, K] @ W^T + bias for W packed by `pack` (n_out rows): [M, n_out], float32 on CPU."""
+    x = x.contiguous()
+    y = torch.empty(x.shape[0], n_out, dtype=torch.float32)
+    _load().lmlab_small_gemm(x.data_ptr(), x.shape[0], x.shape[1], packed.data_ptr(), n_out,
+                             None if bias is None else bias.data_ptr(), y.data_ptr(), torch.get_num_threads())
+    return y
+
+
+# --------------------------------------------------------------------------- packed weights, GPT blocks
+
+_packed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # nn.Linear -> (key, packed weight)
+
+
+def packed_weight(layer: torch.nn.Linear, key: tuple = (), pack=None) -> torch.Tensor:
+    """The layer's weight packed by `pack` (default: this kernel's panels), kept until the weight changes
+    (its storage or version: an optimizer step) or `key` does: one packed copy per layer."""
+    w = layer.weight
+    key = (w.data_ptr(), w._version) + key
+    cached = _packed.get(layer)
+    if cached is None or cached[0] != key:
+        cached = _packed[layer] = (key, (pack or globals()["pack"])(w))
+    return cached[1]
+
+
+class _BlockWeights(ctypes.Structure):  # decode_kernels.cpp's BlockWeights
+    _fields_ = [(name, ctypes.c_void_p) for name in
+                ("ln1_w", "ln1_b", "qkv", "qkv_b", "proj", "proj_b", "ln2_w", "ln2_b", "fc", "fc_b", "fc_proj",
+                 "fc_proj_b")]
+
+
+_block_tables: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # blocks -> (key, table, packed weights)
+
+
+def _pointer(t: torch.Tensor | None):
+    return None if t is None else t.data_ptr()
+
+
+def _block_table(blocks: torch.nn.ModuleList) -> tuple:
+    """(the blocks' parameters as a C array of BlockWeights, the packed weights it points to), rebuilt when any
+    parameter changes; (None, []) where the kernel does not compute these blocks (another dtype or device,
+    quantized layers, another activation)."""
+    params = list(blocks.parameters())
+    key = tuple((p.data_ptr(), p._version) for p in params)
+    cached = _block_tables.get(blocks)
+    if cached is None or cached[0] != key:
+        first = blocks[0]
+        supported = (all(p.dtype == torch.float32 and p.device.type == "cpu" for p in params)
+                     and all(type(layer) is torch.nn.Linear and type(b.ln_1) is type(b.ln_2) is torch.nn.LayerNorm
+                             and b.mlp.approximate == first.mlp.approximate in ("none", "tanh")
+                             and b.ln_1.eps == b.ln_2.eps == first.ln_1.eps
+                             and b.mlp.fc.out_features == first.mlp.fc.out_features
+                             for b in blocks for layer in (b.attn.qkv, b.attn.proj, b.mlp.fc, b.mlp.proj)))
+        table, keep = None, []
+        if supported:
+            table = (_BlockWeights * len(blocks))()
+            for entry, b in zip(table, blocks):
+                linears = {"qkv": b.attn.qkv, "proj": b.attn.proj, "fc": b.mlp.fc, "fc_proj": b.mlp.proj}
+                for name, layer in linears.items():
+                    keep.append(packed_weight(layer))
+                    setattr(entry, name, keep[-1].data_ptr())
+                    setattr(entry, name + "_b", _pointer(layer.bias))
+                for name, norm in (("ln1", b.ln_1), ("ln2", b.ln_2)):
+                    setattr(entry, name + "_w", _pointer(norm.weight))
+                    setattr(entry, name + "_b", _pointer(norm.bias))
+        cached = _block_tables[blocks] = (key, table, keep)
+    return cached[1:]
+
+
+def _row_contiguous(cache) -> bool:
+    """Each row's [H, max_len, hs] keys and values contiguous, keys and values laid out alike (a batch cache's
+    view over its first rows qualifies, see serve.batching)."""
+    k, v = cache.k, cache.v
+    _, _, H, L, hs = k.shape
+    return k.stride() == v.stride() and k.stride()[2:] == (L * hs, hs, 1)
+
+
+def gpt_blocks_apply(blocks: torch.nn.ModuleList, x: torch.Tensor, cache, pad: torch.Tensor | None) -> bool:
+    """Run x [B, 1, C] (one new position per row, float32, CPU) through every pre-LN block in place, appending
+    each layer's key and value to `cache` (a layers.KVCache) at cache.length; rows with left padding `pad` [B]
+    attend from their first real position. False (x untouched) where the kernel cannot: then run the blocks."""
+    B, T, C = x.shape
+    if (T != 1 or not available() or x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous()
+            or torch.is_grad_enabled() or blocks.training or cache.k.dtype != torch.float32
+            or cache.k.shape[1] != B or cache.length >= cache.k.shape[3] or not _row_contiguous(cache)
+            or (pad is not None and (pad.dtype != torch.long or not pad.is_contiguous()))):
+        return False
+    # The weights cannot change within one generation (its cached keys would be stale): look them up once per
+    # cache, which keeps the packed weights the table points to alive.
+    if cache.kernel_table is None or cache.kernel_table[0] is not blocks:
+        cache.kernel_table = (blocks, *_block_table(blocks))
+    table = cache.kernel_table[1]
+    if table is None:
+        return False
+    first = blocks[0]
+    n_layer, _, H, max_len, _ = cache.k.shape
+    hidden = first.mlp.fc.out_features
+    scratch = torch.empty(B * (5 * C + hidden + H * max_len))
+    _load().lmlab_gpt_blocks(ctypes.addressof(table), n_layer, B, C, H, hidden, first.ln_1.eps,
+                             1 if first.mlp.approximate == "none" else 2, x.data_ptr(), cache.k.data_ptr(),
+                             cache.v.data_ptr(), max_len, cache.k.stride(0), cache.k.stride(1), cache.length,
+                             _pointer(pad), scratch.data_ptr(), torch.get_num_threads())
+    return True
