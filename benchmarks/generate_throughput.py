@@ -2,6 +2,7 @@
 
     python benchmarks/generate_throughput.py [--shapes 12x768 6x384] [--batches 1 8] [--rounds 3]
                                              [--new-tokens 256] [--no-cache small|all|none] [--dtype bf16 int8]
+                                             [--mkl] [--unpacked]
 
 Both sides decode the same random prompts (16 tokens per row, different rows in a batch) for exactly
 `--new-tokens` new tokens, greedily, each with its own cache: HF `GPT2LMHeadModel.generate` (sdpa attention,
@@ -14,6 +15,10 @@ HF cannot run past its n_positions, so at 6x384 (block 256) both decode 240 toke
 "No cache" is nanoGPT's `generate`: every step runs the whole sequence again and keeps the last position
 (lmlab's model, no KV cache), to show what the cache buys; it runs one round only, and at 12x768 only at
 batch 1 unless `--no-cache all` (batch 8 there takes minutes).
+
+lmlab decodes through its CPU decoding kernels (lmlab.models.kernels: a GPT's blocks in one call per step, its
+small-batch matrix product for the LM head). `--mkl` also times lmlab with torch ops only (the kernels off,
+MKL's packed sgemm for the Linear layers), `--unpacked` with plain torch ops (F.linear): what the kernels buy.
 
 `--dtype bf16|int8` adds lmlab's opt-in lower-precision decoding (`lmlab.generate.decoding_model`),
 reported in its own table with its logit error against fp32: it is not a same-weights comparison.
@@ -29,6 +34,7 @@ the wall clock (but which counts threads spinning while they wait, so it is a cr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -40,12 +46,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_throughput import Worker  # noqa: E402  (one worker process per side, 'run' requests on stdin)
 
 from lmlab.generate import GenerationConfig, generate_ids  # noqa: E402
+from lmlab.models import kernels  # noqa: E402
 from lmlab.models.gpt import GPT, GPTConfig  # noqa: E402
 
 SHAPES = {"12x768": dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, block_size=1024),
           "6x384": dict(n_layer=6, n_head=6, n_embd=384, vocab_size=65, block_size=256)}
 PROMPT_TOKENS = 16
-HF, OURS, UNPACKED, NO_CACHE = "HF generate", "lmlab", "lmlab unpacked", "no cache"
+HF, OURS, UNPACKED, MKL, NO_CACHE = "HF generate", "lmlab", "lmlab unpacked", "lmlab MKL", "no cache"
 
 
 # --------------------------------------------------------------------------- the same weights on both sides
@@ -104,19 +111,21 @@ def decoder(side: str, shape: str, batch: int, new_tokens: int):
                     x = torch.cat([x, logits.argmax(-1, keepdim=True)], dim=1)
             return x[:, PROMPT_TOKENS:]
         return run
-    if side == UNPACKED:  # lmlab without the prepacked weights of layers.linear (plain F.linear)
+    if side == UNPACKED:  # lmlab's torch ops without packed weights (plain F.linear) or decoding kernels
         from lmlab.models import layers
 
         layers.PACK_ROWS = None
-    elif side != OURS:
+    elif side not in (OURS, MKL):
         from lmlab.generate import decoding_model
 
         model = decoding_model(model, side.split()[-1])
     cfg = GenerationConfig(max_new_tokens=new_tokens, temperature=0)
     rows = ids.tolist()
+    torch_ops_only = side in (UNPACKED, MKL)  # MKL: torch ops with MKL's packed weights, no decoding kernels
 
     def run():
-        return torch.stack(list(generate_ids(model, rows, cfg)), dim=1)
+        with kernels.disabled() if torch_ops_only else contextlib.nullcontext():
+            return torch.stack(list(generate_ids(model, rows, cfg)), dim=1)
     return run
 
 
@@ -160,7 +169,13 @@ def logit_error(shape: str, batch: int, dtypes: list[str]) -> dict[str, float]:
     model = lmlab_model(shape)
     with torch.inference_mode():
         ours = model(ids).float()
-        errors = {HF: float((to_hf(model)(ids).logits.float() - ours).abs().max())}
+        hf_logits = to_hf(model)(ids).logits.float()
+        errors = {HF: float((hf_logits - ours).abs().max())}
+        # A cached decoding step (the last prompt token after the others: the decoding kernel where it builds)
+        # against HF's logits there, both as log-probabilities.
+        _, cache = model.logprobs_next(ids[:, :-1])
+        step, _ = model.logprobs_next(ids, cache)
+        errors["step"] = float((step - hf_logits[:, -1].log_softmax(-1)).abs().max())
         for dtype in dtypes:
             from lmlab.generate import decoding_model
 
@@ -189,7 +204,9 @@ def main():
     parser.add_argument("--dtype", nargs="*", default=[], choices=["bf16", "int8"],
                         help="also time lmlab's opt-in lower-precision decoding (reported separately)")
     parser.add_argument("--unpacked", action="store_true",
-                        help="also time lmlab without its prepacked decoding weights (layers.PACK_ROWS = None)")
+                        help="also time lmlab's plain torch ops (no packed weights, no decoding kernels)")
+    parser.add_argument("--mkl", action="store_true",
+                        help="also time lmlab's torch ops with MKL's packed weights (no decoding kernels)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads in every worker (default: torch's)")
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -204,7 +221,8 @@ def main():
         rows, low_rows = [], []
         new = min(args.new_tokens, SHAPES[shape]["block_size"] - PROMPT_TOKENS)  # HF stops at n_positions
         for batch in args.batches:
-            sides = [HF, OURS] + ([UNPACKED] if args.unpacked else []) + [f"lmlab {d}" for d in args.dtype]
+            sides = ([HF, OURS] + ([UNPACKED] if args.unpacked else []) + ([MKL] if args.mkl else [])
+                     + [f"lmlab {d}" for d in args.dtype])
             slow = shape == "12x768" and batch > 1
             no_cache = args.no_cache == "all" or (args.no_cache == "small" and not slow)
             threads = ["--threads", str(args.threads)] if args.threads else []
@@ -227,8 +245,9 @@ def main():
                         f"**{rate[OURS] / rate[HF]:.2f}x** | "
                         f"{statistics.median(cpu[HF]) / statistics.median(cpu[OURS]):.2f}x | "
                         + (f"{rate[UNPACKED]:,.1f} ({rate[UNPACKED] / rate[HF]:.2f}x) | " if args.unpacked else "")
+                        + (f"{rate[MKL]:,.1f} ({rate[MKL] / rate[HF]:.2f}x) | " if args.mkl else "")
                         + (f"{rate[NO_CACHE]:,.1f} | {rate[OURS] / rate[NO_CACHE]:.1f}x" if no_cache else "- | -")
-                        + f" | {err[HF]:.1e} | {first_divergence(tokens[OURS], tokens[HF])} |")
+                        + f" | {err[HF]:.1e} / {err['step']:.1e} | {first_divergence(tokens[OURS], tokens[HF])} |")
             for d in args.dtype:
                 s = f"lmlab {d}"
                 low_rows.append(f"| {d} | {batch} | {rate[s]:,.1f} | {rate[s] / rate[OURS]:.2f}x | "
@@ -242,8 +261,10 @@ def main():
               f"(a ceiling of {bandwidth / weight_bytes:.0f} tok/s per row of batch 1).")
         print("| batch | HF generate tok/s (ms/step) | lmlab tok/s (ms/step) | lmlab / HF | same by CPU time | "
               + ("lmlab unpacked tok/s (/ HF) | " if args.unpacked else "")
-              + "no cache tok/s | cache speed-up | max logit diff vs HF | greedy tokens vs HF |")
-        print("|---" * (9 + args.unpacked) + "|")
+              + ("lmlab MKL packed tok/s (/ HF) | " if args.mkl else "")
+              + "no cache tok/s | cache speed-up | max logit diff vs HF (forward / decoding step) | "
+              "greedy tokens vs HF |")
+        print("|---" * (9 + args.unpacked + args.mkl) + "|")
         print("\n".join(rows))
         if low_rows:
             print(f"\n## {shape}: lmlab opt-in lower precision (not the same weights)")
