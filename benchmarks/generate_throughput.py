@@ -1,7 +1,7 @@
 """Decoding throughput (tokens/s): Hugging Face `generate` vs lmlab, same weights, greedy, with a KV cache.
 
     python benchmarks/generate_throughput.py [--shapes 12x768 6x384] [--batches 1 8] [--rounds 3]
-                                             [--new-tokens 256] [--no-cache small|all|none] [--dtype bf16 int8]
+                                             [--new-tokens 256] [--no-cache small|all|none] [--dtype fp16 bf16 int8]
                                              [--mkl] [--unpacked]
 
 Both sides decode the same random prompts (16 tokens per row, different rows in a batch) for exactly
@@ -20,7 +20,7 @@ lmlab decodes through its CPU decoding kernels (lmlab.models.kernels: a GPT's bl
 small-batch matrix product for the LM head). `--mkl` also times lmlab with torch ops only (the kernels off,
 MKL's packed sgemm for the Linear layers), `--unpacked` with plain torch ops (F.linear): what the kernels buy.
 
-`--dtype bf16|int8` adds lmlab's opt-in lower-precision decoding (`lmlab.generate.decoding_model`),
+`--dtype fp16|bf16|int8` adds lmlab's opt-in lower-precision decoding (`lmlab.generate.decoding_model`),
 reported in its own table with its logit error against fp32: it is not a same-weights comparison.
 
 Before the tables it measures the bandwidth a matrix-vector product reads from memory, and for each shape
@@ -201,7 +201,7 @@ def main():
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--no-cache", choices=["small", "all", "none"], default="small",
                         help="run the no-cache decoder everywhere but 12x768 batch > 1 (small), everywhere, or never")
-    parser.add_argument("--dtype", nargs="*", default=[], choices=["bf16", "int8"],
+    parser.add_argument("--dtype", nargs="*", default=[], choices=["fp16", "bf16", "int8"],
                         help="also time lmlab's opt-in lower-precision decoding (reported separately)")
     parser.add_argument("--unpacked", action="store_true",
                         help="also time lmlab's plain torch ops (no packed weights, no decoding kernels)")

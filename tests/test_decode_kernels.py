@@ -135,3 +135,31 @@ def test_gpt_blocks_kernel_writes_into_a_view_of_a_larger_cache():
             want = model.hidden(ids[:, 9:], alone)
     torch.testing.assert_close(got, want, rtol=0, atol=2e-5)
     torch.testing.assert_close(big.k[:, :3, :, :10], alone.k[:, :, :, :10], rtol=0, atol=2e-5)
+
+
+@needs_kernels
+def test_fp16_decoding_reads_float16_weights_and_computes_what_torch_computes():
+    from lmlab.generate import decoding_model
+
+    torch.manual_seed(4)
+    model = perturbed_gpt()
+    half = decoding_model(model, "fp16")
+    qkv = half.blocks[0].attn.qkv
+    assert torch.equal(qkv.weight, qkv.weight.half().float()) and half.lm_head.weight is half.wte.weight
+    assert not torch.equal(model.blocks[0].attn.qkv.weight, qkv.weight)  # the model itself is left as it is
+    ids = torch.randint(0, 70, (2, 12))
+    with torch.inference_mode():
+        fast, slow = half.new_cache(2), half.new_cache(2)
+        half.hidden(ids[:, :11], fast)
+        half.hidden(ids[:, :11], slow)
+        got = half.hidden(ids[:, 11:], fast)
+        with kernels.disabled():
+            want = half.hidden(ids[:, 11:], slow)
+        torch.testing.assert_close(got, want, rtol=0, atol=2e-5)
+        half_ok = bool(kernels._load().lmlab_half_weights())  # (x86 with F16C or AVX-512)
+        assert fast.kernel_table[2][0].dtype == (torch.float16 if half_ok else torch.float32)  # half the bytes
+        head = half.lm_head
+        h = torch.randn(3, 96)
+        torch.testing.assert_close(kernels.small_gemm(h, kernels.packed_weight(head), 70, None), head(h),
+                                   rtol=0, atol=1e-5)
+        assert kernels.packed_weight(head).dtype == (torch.float16 if half_ok else torch.float32)

@@ -334,7 +334,7 @@ def test_lower_precision_decoding_is_an_opt_in_copy(tiny_model):
     model, tok = tiny_model
     ids = torch.tensor([tok.encode("ROMEO:\nWhat say")])
     want, _ = model.logprobs_next(ids)
-    for dtype, tolerance in (("bf16", 0.05), ("int8", 0.1)):  # measured: 0.011 and 0.035
+    for dtype, tolerance in (("fp16", 0.005), ("bf16", 0.05), ("int8", 0.1)):  # measured: 0.0003, 0.011, 0.035
         low = decoding_model(model, dtype)
         got, _ = low.logprobs_next(ids)
         assert got.dtype == torch.float32 and (got - want).abs().max() < tolerance
@@ -342,7 +342,7 @@ def test_lower_precision_decoding_is_an_opt_in_copy(tiny_model):
         assert len(text) == 20
     assert model.wte.weight.dtype == torch.float32 and type(model.lm_head) is torch.nn.Linear  # untouched
     assert decoding_model(model, "fp32") is model
-    with pytest.raises(LmlabError, match="dtype must be one of fp32, bf16, int8"):
+    with pytest.raises(LmlabError, match="dtype must be one of fp32, fp16, bf16, int8"):
         decoding_model(model, "fp8")
 
 

@@ -277,9 +277,10 @@ def _add_generate(sub) -> None:
                    help="print tokens as they come (default) or each sequence when it is done")
     p.add_argument("--logprobs", action="store_true", help="after each sequence, print its tokens and log-probabilities")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--dtype", choices=["fp32", "bf16", "int8"], default="fp32",
-                   help="opt-in lower precision for decoding: bf16 weights, or int8 dynamically quantized Linear "
-                        "layers (CPU): fewer bytes read per token, so faster; the logits are no longer exact")
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16", "int8"], default="fp32",
+                   help="opt-in lower precision for decoding: Linear weights rounded to fp16 (CPU kernels read "
+                        "them as fp16), bf16 weights, or int8 dynamically quantized Linear layers (CPU): fewer "
+                        "bytes read per token, so faster; the logits are no longer exact")
     p.set_defaults(func=cmd_generate)
 
 

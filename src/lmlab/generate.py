@@ -178,18 +178,20 @@ def model_device(model):
     return next(iter(model.parameters()), torch.empty(0)).device if hasattr(model, "parameters") else "cpu"
 
 
-DECODING_DTYPES = ("fp32", "bf16", "int8")
+DECODING_DTYPES = ("fp32", "fp16", "bf16", "int8")
 
 
 def decoding_model(model, dtype: str = "fp32"):
     """An opt-in lower-precision copy of a torch model for decoding; the model itself is left as it is.
 
+    "fp16": every nn.Linear weight (the tied LM head and embedding included) rounded to float16, the arithmetic
+    still float32: on CPU the decoding kernels keep those weights as float16, half the bytes to read per token,
+    which is what bounds batch-1 decoding (models/kernels.py); elsewhere the copy runs as fp32 does.
     "bf16": weights, activations and KV cache in bfloat16 (log-probabilities still come out in float32).
     "int8": every nn.Linear, the LM head included, becomes a dynamically quantized one (int8 weights with one
     scale per output channel, activations quantized on the fly; CPU only): a quarter of fp32's bytes to read
-    per token, which is what bounds batch-1 decoding. Both change the numbers (benchmarks/generate_throughput.py
-    reports the logit error against fp32). "fp32" returns the model unchanged. Models without weights (n-gram)
-    are returned as they are.
+    per token. All three change the numbers (benchmarks/generate_throughput.py reports the logit error against
+    fp32). "fp32" returns the model unchanged. Models without weights (n-gram) are returned as they are.
     """
     import copy
     import warnings
@@ -198,6 +200,16 @@ def decoding_model(model, dtype: str = "fp32"):
         raise LmlabError(f"dtype must be one of {', '.join(DECODING_DTYPES)}, got {dtype!r}.")
     if dtype == "fp32" or not isinstance(model, torch.nn.Module):
         return model
+    if dtype == "fp16":
+        from .models.kernels import HALF_WEIGHTS
+
+        half = copy.deepcopy(model).eval()
+        with torch.no_grad():
+            for module in half.modules():
+                if type(module) is torch.nn.Linear:
+                    module.weight.copy_(module.weight.half())
+                    setattr(module, HALF_WEIGHTS, True)
+        return half
     if dtype == "bf16":
         return copy.deepcopy(model).to(torch.bfloat16).eval()
     if model_device(model).type != "cpu":

@@ -14,8 +14,12 @@
 //    layers.Block.forward computes for one new position (tests/test_generate.py checks it against that).
 //
 // Packed weight: W [N, K] padded with zero rows to a multiple of P, as panels [N_pad / P][K][P]: panel p holds
-// output columns p*P .. p*P+P-1, k-major, so a panel is read front to back (kernels.pack builds it).
+// output columns p*P .. p*P+P-1, k-major, so a panel is read front to back (kernels.pack builds it). In float32,
+// or in float16 (half the bytes to read; widened to float32 in registers, all arithmetic in float32) for weights
+// that are float16 values already (lmlab.generate.decoding_model(model, "fp16")).
 // Compiled on first use for the CPU at hand (-march=native), see kernels.py; AVX-512 or 32-byte vectors.
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -33,6 +37,18 @@ constexpr int P = NB * VW;      // panel width (output columns)
 constexpr int PREFETCH_K = 32;  // prefetch this many panel rows ahead (6 KB with AVX-512)
 
 typedef float vec __attribute__((vector_size(VW * 4), aligned(4)));
+
+static inline vec load(const float* p) { return *(const vec*)p; }
+
+static inline vec load(const uint16_t* p) {  // VW float16 values, widened (F16C / AVX-512 vcvtph2ps)
+#if defined(__AVX512F__)
+  return (vec)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p));
+#elif defined(__F16C__)
+  return (vec)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p));
+#else
+  return vec{} * (float)p[0];  // never called: lmlab_half_weights() says 0, so nothing is packed in float16
+#endif
+}
 
 static inline vec broadcast(float a) {  // (an initialiser list compiles to one vbroadcastss; a loop does not)
 #if defined(__AVX512F__)
@@ -89,16 +105,17 @@ static void gelu_inplace(float* v, int64_t n, int mode, float* tmp) {
 
 // R rows of x (row stride K) times one panel; the first `cols` of the R x P results, plus bias, stored into y
 // (row stride ldy) as `mode` says: y = r, y = GELU(r), or y += r.
-template <int R>
-static void panel_block(const float* x, int64_t K, const float* panel, const float* bias, float* y, int64_t ldy,
+template <int R, typename W>
+static void panel_block(const float* x, int64_t K, const W* panel, const float* bias, float* y, int64_t ldy,
                         int cols, int mode) {
   vec acc[R][NB];
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < NB; ++j) acc[r][j] = vec{};
   for (int64_t k = 0; k < K; ++k) {
-    const float* w = panel + k * P;
-    for (int line = 0; line < P * 4; line += 64) __builtin_prefetch((const char*)(w + PREFETCH_K * P) + line, 0, 1);
-    vec w0 = *(const vec*)w, w1 = *(const vec*)(w + VW), w2 = *(const vec*)(w + 2 * VW);
+    const W* w = panel + k * P;
+    for (int line = 0; line < P * (int)sizeof(W); line += 64)
+      __builtin_prefetch((const char*)(w + PREFETCH_K * P) + line, 0, 1);
+    vec w0 = load(w), w1 = load(w + VW), w2 = load(w + 2 * VW);
     for (int r = 0; r < R; ++r) {
       vec xr = broadcast(x[r * K + k]);
       acc[r][0] += w0 * xr;
@@ -118,24 +135,25 @@ static void panel_block(const float* x, int64_t K, const float* panel, const flo
     for (int c = 0; c < cols; ++c) y[r * ldy + c] = mode == ADD ? y[r * ldy + c] + out[r][c] : out[r][c];
 }
 
-template <int R>
-static void rows_block(const float* x, int64_t K, const float* panel, const float* bias, float* y, int64_t ldy,
+template <int R, typename W>
+static void rows_block(const float* x, int64_t K, const W* panel, const float* bias, float* y, int64_t ldy,
                        int cols, int rows, int mode) {
-  if (rows == R) return panel_block<R>(x, K, panel, bias, y, ldy, cols, mode);
-  if constexpr (R > 1) rows_block<R - 1>(x, K, panel, bias, y, ldy, cols, rows, mode);
+  if (rows == R) return panel_block<R, W>(x, K, panel, bias, y, ldy, cols, mode);
+  if constexpr (R > 1) rows_block<R - 1, W>(x, K, panel, bias, y, ldy, cols, rows, mode);
 }
 
 // y [M, N] (=, GELU, +=) x [M, K] W^T + bias, the panels shared out among the threads of the enclosing
 // parallel region (an orphaned `omp for`; its implicit barrier ends the step).
-static void gemm_for(const float* x, int64_t M, int64_t K, const float* packed, int64_t N, const float* bias,
-                     float* y, int mode) {
+template <typename W>
+static void gemm_for(const float* x, int64_t M, int64_t K, const W* packed, int64_t N, const float* bias, float* y,
+                     int mode) {
   const int64_t panels = (N + P - 1) / P;
 #pragma omp for schedule(static)
   for (int64_t p = 0; p < panels; ++p) {
-    const float* panel = packed + p * K * P;
+    const W* panel = packed + p * K * P;
     const int cols = (int)std::min<int64_t>(P, N - p * P);
     for (int64_t r0 = 0; r0 < M; r0 += MR)  // a panel's later row blocks read it from cache
-      rows_block<MR>(x + r0 * K, K, panel, bias ? bias + p * P : nullptr, y + r0 * N + p * P, N, cols,
+      rows_block<MR, W>(x + r0 * K, K, panel, bias ? bias + p * P : nullptr, y + r0 * N + p * P, N, cols,
                      (int)std::min<int64_t>(MR, M - r0), mode);
   }
 }
@@ -216,43 +234,74 @@ static void attention_for(const float* qkv, float* keys, float* values, int64_t 
   }
 }
 
-extern "C" {
-
 // Pointers to one block's parameters (null where the model has no bias); the Linear weights packed.
 struct BlockWeights {
-  const float *ln1_w, *ln1_b, *qkv, *qkv_b, *proj, *proj_b, *ln2_w, *ln2_b, *fc, *fc_b, *fc_proj, *fc_proj_b;
+  const float *ln1_w, *ln1_b;
+  const void* qkv;
+  const float* qkv_b;
+  const void* proj;
+  const float *proj_b, *ln2_w, *ln2_b;
+  const void* fc;
+  const float* fc_b;
+  const void* fc_proj;
+  const float* fc_proj_b;
 };
+
+template <typename W>
+static void run_blocks(const BlockWeights* blocks, int64_t n_layer, int64_t B, int64_t C, int64_t H, int64_t hidden,
+                       float eps, int gelu, float* x, float* keys, float* values, int64_t max_len,
+                       int64_t layer_stride, int64_t row_stride, int64_t length, const int64_t* pad, float* scratch,
+                       int threads) {
+  float *h = scratch, *qkv = h + B * C, *att = qkv + 3 * B * C, *m = att + B * C, *scores = m + B * hidden;
+#pragma omp parallel num_threads(threads)
+  for (int64_t l = 0; l < n_layer; ++l) {
+    const BlockWeights& w = blocks[l];
+    layernorm_for(x, h, B, C, w.ln1_w, w.ln1_b, eps);
+    gemm_for(h, B, C, (const W*)w.qkv, 3 * C, w.qkv_b, qkv, STORE);
+    attention_for(qkv, keys + l * layer_stride, values + l * layer_stride, row_stride, att, B, H, C, max_len, length,
+                  pad, scores);
+    gemm_for(att, B, C, (const W*)w.proj, C, w.proj_b, x, ADD);
+    layernorm_for(x, h, B, C, w.ln2_w, w.ln2_b, eps);
+    gemm_for(h, B, C, (const W*)w.fc, hidden, w.fc_b, m, gelu);
+    gemm_for(m, B, hidden, (const W*)w.fc_proj, C, w.fc_proj_b, x, ADD);
+  }
+}
+
+extern "C" {
 
 int lmlab_panel_width(void) { return P; }
 
-// x [M, K] and the packed weight contiguous; y [M, N] written; bias [N] or null.
-void lmlab_small_gemm(const float* x, int64_t M, int64_t K, const float* packed, int64_t N, const float* bias,
-                      float* y, int threads) {
+// 1 where float16 weights can be read (F16C or AVX-512), else 0.
+int lmlab_half_weights(void) {
+#if defined(__AVX512F__) || defined(__F16C__)
+  return 1;
+#else
+  return 0;
+#endif
+}
+
+// x [M, K] and the packed weight (float32, or float16 where half) contiguous; y [M, N] written; bias [N] or null.
+void lmlab_small_gemm(const float* x, int64_t M, int64_t K, const void* packed, int half, int64_t N,
+                      const float* bias, float* y, int threads) {
 #pragma omp parallel num_threads(threads)
-  gemm_for(x, M, K, packed, N, bias, y, STORE);
+  if (half)
+    gemm_for(x, M, K, (const uint16_t*)packed, N, bias, y, STORE);
+  else
+    gemm_for(x, M, K, (const float*)packed, N, bias, y, STORE);
 }
 
 // One decoding step of B rows through n_layer blocks. x [B, C]: the new positions' embeddings in, the last
 // block's output out. keys/values: the KV cache [n_layer, B, H, max_len, C / H] holding `length` positions,
 // each row's [H, max_len, C / H] contiguous, layers and rows `layer_stride` and `row_stride` floats apart;
 // pad [B] or null: row b's first real position (left padding). scratch: B * (5C + hidden + H * max_len) floats.
+// half: the blocks' Linear weights are packed in float16.
 void lmlab_gpt_blocks(const BlockWeights* blocks, int64_t n_layer, int64_t B, int64_t C, int64_t H,
                       int64_t hidden, float eps, int gelu, float* x, float* keys, float* values, int64_t max_len,
                       int64_t layer_stride, int64_t row_stride, int64_t length, const int64_t* pad, float* scratch,
-                      int threads) {
-  float *h = scratch, *qkv = h + B * C, *att = qkv + 3 * B * C, *m = att + B * C, *scores = m + B * hidden;
-#pragma omp parallel num_threads(threads)
-  for (int64_t l = 0; l < n_layer; ++l) {
-    const BlockWeights& w = blocks[l];
-    layernorm_for(x, h, B, C, w.ln1_w, w.ln1_b, eps);
-    gemm_for(h, B, C, w.qkv, 3 * C, w.qkv_b, qkv, STORE);
-    attention_for(qkv, keys + l * layer_stride, values + l * layer_stride, row_stride, att, B, H, C, max_len, length,
-                  pad, scores);
-    gemm_for(att, B, C, w.proj, C, w.proj_b, x, ADD);
-    layernorm_for(x, h, B, C, w.ln2_w, w.ln2_b, eps);
-    gemm_for(h, B, C, w.fc, hidden, w.fc_b, m, gelu);
-    gemm_for(m, B, hidden, w.fc_proj, C, w.fc_proj_b, x, ADD);
-  }
+                      int half, int threads) {
+  (half ? run_blocks<uint16_t> : run_blocks<float>)(blocks, n_layer, B, C, H, hidden, eps, gelu, x, keys, values,
+                                                    max_len, layer_stride, row_stride, length, pad, scratch,
+                                                    threads);
 }
 
 }  // extern "C"

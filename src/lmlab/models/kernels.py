@@ -72,12 +72,13 @@ def _load():
                 lib = ctypes.CDLL(str(_build(compiler)))
                 lib.lmlab_small_gemm.restype = None
                 lib.lmlab_small_gemm.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
-                                                 ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
-                lib.lmlab_panel_width.restype = ctypes.c_int
+                                                 ctypes.c_int, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                                                 ctypes.c_int]
+                lib.lmlab_panel_width.restype = lib.lmlab_half_weights.restype = ctypes.c_int
                 lib.lmlab_gpt_blocks.restype = None
                 lib.lmlab_gpt_blocks.argtypes = ([ctypes.c_void_p] + [ctypes.c_int64] * 5
                                                  + [ctypes.c_float, ctypes.c_int] + [ctypes.c_void_p] * 3
-                                                 + [ctypes.c_int64] * 4 + [ctypes.c_void_p] * 2 + [ctypes.c_int])
+                                                 + [ctypes.c_int64] * 4 + [ctypes.c_void_p] * 2 + [ctypes.c_int] * 2)
                 _lib = lib
             except (OSError, subprocess.SubprocessError):
                 pass  # no working compiler: MKL it is
@@ -103,11 +104,13 @@ def disabled():
         _disabled -= 1
 
 
-def pack(weight: torch.Tensor) -> torch.Tensor:
-    """weight [N, K] as the kernel's panels [ceil(N / P), K, P] (zero columns past N)."""
+def pack(weight: torch.Tensor, half: bool = False) -> torch.Tensor:
+    """weight [N, K] as the kernel's panels [ceil(N / P), K, P] (zero columns past N), in float32, or in float16
+    where `half` and this CPU reads it (for weights that are float16 values, see HALF_WEIGHTS)."""
     P = _load().lmlab_panel_width()
     N, K = weight.shape
-    padded = torch.zeros(-(-N // P) * P, K, dtype=torch.float32)
+    dtype = torch.float16 if half and _load().lmlab_half_weights() else torch.float32
+    padded = torch.zeros(-(-N // P) * P, K, dtype=dtype)
     padded[:N] = weight.detach()
     return padded.view(-1, P, K).transpose(1, 2).contiguous()
 
@@ -116,24 +119,28 @@ def small_gemm(x: torch.Tensor, packed: torch.Tensor, n_out: int, bias: torch.Te
     """x [M, K] @ W^T + bias for W packed by `pack` (n_out rows): [M, n_out], float32 on CPU."""
     x = x.contiguous()
     y = torch.empty(x.shape[0], n_out, dtype=torch.float32)
-    _load().lmlab_small_gemm(x.data_ptr(), x.shape[0], x.shape[1], packed.data_ptr(), n_out,
-                             None if bias is None else bias.data_ptr(), y.data_ptr(), torch.get_num_threads())
+    _load().lmlab_small_gemm(x.data_ptr(), x.shape[0], x.shape[1], packed.data_ptr(),
+                             packed.dtype == torch.float16, n_out, _pointer(bias), y.data_ptr(),
+                             torch.get_num_threads())
     return y
 
 
 # --------------------------------------------------------------------------- packed weights, GPT blocks
 
 _packed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # nn.Linear -> (key, packed weight)
+HALF_WEIGHTS = "half_weights"  # an nn.Linear with this attribute set holds float16 values: packed in float16
 
 
 def packed_weight(layer: torch.nn.Linear, key: tuple = (), pack=None) -> torch.Tensor:
-    """The layer's weight packed by `pack` (default: this kernel's panels), kept until the weight changes
-    (its storage or version: an optimizer step) or `key` does: one packed copy per layer."""
+    """The layer's weight packed by `pack` (default: this kernel's panels, float16 for a HALF_WEIGHTS layer),
+    kept until the weight changes (its storage or version: an optimizer step) or `key` does: one packed copy
+    per layer."""
     w = layer.weight
-    key = (w.data_ptr(), w._version) + key
+    half = getattr(layer, HALF_WEIGHTS, False)
+    key = (w.data_ptr(), w._version, half) + key
     cached = _packed.get(layer)
     if cached is None or cached[0] != key:
-        cached = _packed[layer] = (key, (pack or globals()["pack"])(w))
+        cached = _packed[layer] = (key, pack(w) if pack else globals()["pack"](w, half))
     return cached[1]
 
 
@@ -164,6 +171,7 @@ def _block_table(blocks: torch.nn.ModuleList) -> tuple:
                              and b.mlp.approximate == first.mlp.approximate in ("none", "tanh")
                              and b.ln_1.eps == b.ln_2.eps == first.ln_1.eps
                              and b.mlp.fc.out_features == first.mlp.fc.out_features
+                             and getattr(layer, HALF_WEIGHTS, False) == getattr(first.attn.qkv, HALF_WEIGHTS, False)
                              for b in blocks for layer in (b.attn.qkv, b.attn.proj, b.mlp.fc, b.mlp.proj)))
         table, keep = None, []
         if supported:
@@ -209,9 +217,10 @@ def gpt_blocks_apply(blocks: torch.nn.ModuleList, x: torch.Tensor, cache, pad: t
     first = blocks[0]
     n_layer, _, H, max_len, _ = cache.k.shape
     hidden = first.mlp.fc.out_features
+    half = cache.kernel_table[2][0].dtype == torch.float16  # (the packed weights, as packed)
     scratch = torch.empty(B * (5 * C + hidden + H * max_len))
     _load().lmlab_gpt_blocks(ctypes.addressof(table), n_layer, B, C, H, hidden, first.ln_1.eps,
                              1 if first.mlp.approximate == "none" else 2, x.data_ptr(), cache.k.data_ptr(),
                              cache.v.data_ptr(), max_len, cache.k.stride(0), cache.k.stride(1), cache.length,
-                             _pointer(pad), scratch.data_ptr(), torch.get_num_threads())
+                             _pointer(pad), scratch.data_ptr(), half, torch.get_num_threads())
     return True
