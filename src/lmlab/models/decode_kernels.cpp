@@ -11,7 +11,7 @@
 //    one call and one OpenMP parallel region: LayerNorm, the q/k/v projection, appending k and v to the KV cache,
 //    attention of the one new query over the cached keys, the output projection and the MLP, with the bias,
 //    GELU and residual sum applied as each matrix product stores its result. It computes what
-//    layers.Block.forward computes for one new position (tests/test_generate.py checks it against that).
+//    layers.Block.forward computes for one new position (tests/test_decode_kernels.py checks it against that).
 //
 // Packed weight: W [N, K] padded with zero rows to a multiple of P, as panels [N_pad / P][K][P]: panel p holds
 // output columns p*P .. p*P+P-1, k-major, so a panel is read front to back (kernels.pack builds it). In float32,
@@ -154,7 +154,7 @@ static void gemm_for(const float* x, int64_t M, int64_t K, const W* packed, int6
     const int cols = (int)std::min<int64_t>(P, N - p * P);
     for (int64_t r0 = 0; r0 < M; r0 += MR)  // a panel's later row blocks read it from cache
       rows_block<MR, W>(x + r0 * K, K, panel, bias ? bias + p * P : nullptr, y + r0 * N + p * P, N, cols,
-                     (int)std::min<int64_t>(MR, M - r0), mode);
+                        (int)std::min<int64_t>(MR, M - r0), mode);
   }
 }
 

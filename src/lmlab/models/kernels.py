@@ -170,6 +170,7 @@ def _block_table(blocks: torch.nn.ModuleList) -> tuple:
                      and all(type(layer) is torch.nn.Linear and type(b.ln_1) is type(b.ln_2) is torch.nn.LayerNorm
                              and b.mlp.approximate == first.mlp.approximate in ("none", "tanh")
                              and b.ln_1.eps == b.ln_2.eps == first.ln_1.eps
+                             and b.ln_1.weight is not None and b.ln_2.weight is not None
                              and b.mlp.fc.out_features == first.mlp.fc.out_features
                              and getattr(layer, HALF_WEIGHTS, False) == getattr(first.attn.qkv, HALF_WEIGHTS, False)
                              for b in blocks for layer in (b.attn.qkv, b.attn.proj, b.mlp.fc, b.mlp.proj)))
