@@ -131,8 +131,8 @@ _packed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # nn.Linear ->
 HALF_WEIGHTS = "half_weights"  # an nn.Linear with this attribute set holds float16 values: packed in float16
 
 
-def packed_weight(layer: torch.nn.Linear, key: tuple = (), pack=None) -> torch.Tensor:
-    """The layer's weight packed by `pack` (default: this kernel's panels, float16 for a HALF_WEIGHTS layer),
+def packed_weight(layer: torch.nn.Linear, key: tuple = (), packer=None) -> torch.Tensor:
+    """The layer's weight packed by `packer` (default: this kernel's panels, float16 for a HALF_WEIGHTS layer),
     kept until the weight changes (its storage or version: an optimizer step) or `key` does: one packed copy
     per layer."""
     w = layer.weight
@@ -140,7 +140,7 @@ def packed_weight(layer: torch.nn.Linear, key: tuple = (), pack=None) -> torch.T
     key = (w.data_ptr(), w._version, half) + key
     cached = _packed.get(layer)
     if cached is None or cached[0] != key:
-        cached = _packed[layer] = (key, pack(w) if pack else globals()["pack"](w, half))
+        cached = _packed[layer] = (key, packer(w) if packer else pack(w, half))
     return cached[1]
 
 
