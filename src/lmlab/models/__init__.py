@@ -1,13 +1,23 @@
-"""Model families: name -> (config dataclass, model class). Trainer, eval and generate never branch on it.
+"""Model families: name -> (config dataclass, model class). Trainer, eval, generate and serve never branch on it.
 
-A trainable model class also says what it trains on: `training_data(cfg)` returns the batch source
-(TokenBlocks: random windows for GPT; TokenStreams: contiguous streams for truncated BPTT in RNNs).
-Families are imported on first use, so the n-gram module (NumPy only) loads without torch.
+A family's model class declares what it is through the protocols of models/base.py (a CausalLM, a Classifier, an
+EncoderDecoder; Trainable: `loss(batch)` and the classmethod `training_data(cfg)`, the batches it trains on).
+The built-in families are imported on first use, so the n-gram module (NumPy only) loads without torch.
+
+A user's own family, from their own file: `lmlab.register_family("my_models:bigram", BigramConfig, Bigram)`.
+A name of the form "module:name" lets any lmlab process find it: looking it up imports `module` (which
+registers it) when it is not registered yet, so `model.family: my_models:bigram` in a config works with every
+verb as long as `my_models` is importable. A plain name works in the process that registered it.
 """
+from __future__ import annotations
+
+import dataclasses
 from importlib import import_module
 
-# family -> (module, config dataclass, model class)
-FAMILIES = {
+from ..errors import LmlabError
+
+# family -> (module under lmlab.models, config dataclass, model class)
+BUILTIN = {
     "gpt": ("gpt", "GPTConfig", "GPT"),
     "rnn": ("rnn", "RNNConfig", "RNNLM"),
     "seq2seq": ("seq2seq", "Seq2SeqConfig", "Seq2Seq"),  # encoder-decoder (translation, summarization, denoising)
@@ -16,20 +26,54 @@ FAMILIES = {
     "rnn_classifier": ("rnn", "RNNClassifierConfig", "RNNClassifier"),
     "gpt_classifier": ("gpt_classifier", "GPTClassifierConfig", "GPTClassifier"),
 }
+FAMILIES = dict.fromkeys(BUILTIN)  # every known family name (registered ones are added)
+_REGISTERED: dict[str, tuple[type, type]] = {}
 
 
-def _family(family: str):
-    module, config_name, class_name = FAMILIES[family]
-    module = import_module(f"{__name__}.{module}")
-    return getattr(module, config_name), getattr(module, class_name)
+def register_family(name: str, config_cls: type, model_cls: type) -> None:
+    """Make a model class trainable, loadable and servable by every lmlab verb under `model.family: name`.
+
+    `config_cls` is a dataclass with a `family` field (its default: `name`) and the model's settings, `model_cls`
+    is built as `model_cls(config)` and follows the protocols of lmlab.models.base (a torch causal LM can subclass
+    lmlab.models.base.NeuralLM). Registering a name again replaces the earlier classes.
+    """
+    if not isinstance(name, str) or not name or name in BUILTIN:
+        raise LmlabError(f"a family name must be a non-empty string other than the built-in ones "
+                         f"({', '.join(BUILTIN)}); got {name!r}.")
+    if not dataclasses.is_dataclass(config_cls) or "family" not in {f.name for f in dataclasses.fields(config_cls)}:
+        raise LmlabError(f"the config class of family {name!r} must be a dataclass with a 'family' field.")
+    if not hasattr(model_cls, "family"):
+        model_cls.family = name
+    _REGISTERED[name] = (config_cls, model_cls)
+    FAMILIES[name] = None
 
 
-def config_class(family: str):
-    return _family(family)[0]
+def family_classes(family: str) -> tuple[type, type]:
+    """(config dataclass, model class) of a family name (importing the module of a "module:name" family)."""
+    if family in BUILTIN:
+        module, config_name, class_name = BUILTIN[family]
+        module = import_module(f"{__name__}.{module}")
+        return getattr(module, config_name), getattr(module, class_name)
+    if family not in _REGISTERED and isinstance(family, str) and ":" in family:
+        module = family.split(":", 1)[0]
+        try:
+            import_module(module)
+        except ImportError as e:
+            raise LmlabError(f"model family {family!r}: cannot import its module {module!r} ({e}); make it "
+                             "importable (PYTHONPATH or pip install), or fix model.family.") from None
+    if family not in _REGISTERED:
+        from ..config import unknown_key_message
+
+        raise LmlabError(unknown_key_message(str(family), list(FAMILIES), "model family"))
+    return _REGISTERED[family]
 
 
-def model_class(family: str):
-    return _family(family)[1]
+def config_class(family: str) -> type:
+    return family_classes(family)[0]
+
+
+def model_class(family: str) -> type:
+    return family_classes(family)[1]
 
 
 def build_model(model_cfg):
