@@ -122,7 +122,7 @@ def pass_ms(model, ids, n: int) -> float:
     """One cached forward of the last n tokens of ids (the cache holds the rest): a verification pass."""
     _, cache = model.logprobs_next(ids[:, :-n])
     length = cache.length
-    return time_ms(lambda: model.logprobs_last(ids, cache.truncate(length), n))
+    return time_ms(lambda: model.logprobs_last(ids, cache.rollback(length), n))
 
 
 if __name__ == "__main__":

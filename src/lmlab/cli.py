@@ -168,10 +168,10 @@ def cmd_eval(args) -> None:
 
     if args.refs is not None or args.metric is not None:
         return cmd_eval_seq2seq(args)
+    from .models.base import require_causal
+
     model, tokenizer = load(args.run, device=str(resolve_device(args.device)))
-    if getattr(model, "family", None) == "seq2seq":
-        raise LmlabError(f"{args.run} is a seq2seq run: score its output against references with "
-                         "--refs FILE [--metric bleu|chrf|rouge].")
+    require_causal(model, args.run)
     kwargs = {"stride": args.stride} if args.stride is not None else {}
     path = Path(args.data)
     if path.suffix == ".bin":
@@ -299,7 +299,10 @@ def cmd_generate(args) -> None:
     cfg.validate()
     if args.draft:
         check_speculative(cfg)
+    from .models.base import require_causal
+
     model, tokenizer = load(args.run, device=str(resolve_device(args.device)))
+    require_causal(model, args.run)
     model = decoding_model(model, args.dtype)
     draft = load_draft(args.draft, tokenizer) if args.draft else None
     stats = SpeculativeStats()

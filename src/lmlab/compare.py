@@ -19,6 +19,7 @@ from .checkpoint import load
 from .errors import LmlabError
 from .files import atomic_open
 from .metrics import EvalResult, score_text
+from .models.base import require_causal
 
 LN2 = math.log(2)
 FIELDS = ["model", "family", "parameters", "tokens", "bytes", "bits_per_byte", "bits_per_char", "perplexity",
@@ -45,6 +46,7 @@ def load_models(paths, device: str = "cpu") -> list[Scored]:
     out, names = [], set()
     for path in map(Path, paths):
         model, tokenizer = load(path, device=device)
+        require_causal(model, path)
         name = path.name if path.suffix not in (".arpa", ".npz") else path.stem
         while name in names:
             name = f"{path.parent.name}/{name}"

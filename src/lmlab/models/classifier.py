@@ -3,7 +3,8 @@
 A classification batch is (ids [B, T] int64, mask [B, T] bool: true on real tokens, labels [B] int64), built by
 `lmlab.classify.LabelBatches` with right padding. A classifier answers `logits(ids, mask) -> [B, num_labels]`;
 `loss(batch)` is the mean cross-entropy on the labels (plus whatever auxiliary term the family adds), so the one
-Trainer fine-tunes every family. Classifiers are not causal LMs: eval / generate / compare refuse them clearly.
+Trainer fine-tunes every family. A classifier is not a CausalLM (models/base.py): eval / generate / compare / serve
+refuse it by that type, in one sentence.
 """
 from __future__ import annotations
 
@@ -57,13 +58,6 @@ class ClassifierMixin:
     def training_data(cls, cfg):
         raise LmlabError(f"a {cfg.model.family} model is a classifier: train it with `lmlab classify train`, "
                          "not `lmlab train`.")
-
-    def _not_lm(self, *args, **kwargs):
-        raise LmlabError(f"this run is a {self.cfg.family} text classifier, not a language model; use "
-                         "`lmlab classify eval` / `lmlab classify predict` with it.")
-
-    block_size = None
-    token_logprobs = logprobs_next = score = _not_lm
 
 
 def head_init(linear: nn.Linear, std: float = 0.02) -> None:

@@ -157,16 +157,12 @@ class GPT(NeuralLM):
             if pad is not None:
                 pad = (pad - (T - self.cfg.block_size)).clamp(min=0)
             ids, T, state = ids[:, -self.cfg.block_size:], self.cfg.block_size, None
-        if state is None or state.length > T or state.k.shape[1] != B or state.length == T:
+        if state is None or state.length > T or state.rows != B or state.length == T:
             state = self.new_cache(B)
             if pad is not None and bool((pad >= T).any()):
                 raise LmlabError(f"every row needs a real token: left padding {pad.tolist()} for {T} columns.")
         h = self.hidden(ids[:, state.length:], state, pad)
         return F.log_softmax(linear(self.lm_head, h[:, -1]).float(), dim=-1), state
-
-    @staticmethod
-    def reorder_state(state: KVCache, rows: torch.Tensor) -> KVCache:
-        return state.select(rows)
 
     @torch.inference_mode()
     def logprobs_last(self, ids: torch.Tensor, state: KVCache | None, n: int):
@@ -187,16 +183,11 @@ class GPT(NeuralLM):
             short = block - (T - n + 1)  # prefixes shorter than block: positions of the first window (s = 0)
             h = torch.cat([h[:, 0, block - 1 - short:block - 1], h[:, :, -1]], dim=1) if short > 0 else h[:, :, -1]
             return F.log_softmax(self.lm_head(h).float(), dim=-1), None
-        if state is None or state.k.shape[1] != B:
+        if state is None or state.rows != B:
             state = self.new_cache(B)
-        state.truncate(T - n)
+        state.rollback(T - n)
         h = self.hidden(ids[:, state.length:], state)
         return F.log_softmax(self.lm_head(h[:, -n:]).float(), dim=-1), state
-
-    @staticmethod
-    def rollback_state(state: KVCache | None, length: int) -> KVCache | None:
-        """The cache of the first `length` positions (what is left after rejected draft tokens)."""
-        return None if state is None else state.truncate(length)
 
     @torch.inference_mode()
     def token_logprobs(self, ids, stride: int | None = None, batch_size: int = 8) -> np.ndarray:

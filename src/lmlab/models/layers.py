@@ -58,24 +58,81 @@ def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 class KVCache:
-    """Preallocated keys/values of every layer: [n_layer, B, n_head, max_len, head_dim]."""
+    """Keys and values of every layer for a batch of left-padded rows: `k`, `v` are [n_layer, rows, n_head,
+    max_len, head_dim] views of storage with room for more rows, so that rows can join, leave and be reordered
+    between decoding steps without reallocating (a DecodeState: models/base.py). `length`: the columns filled,
+    the same for every row (left padding makes rows of different lengths share them)."""
 
     kernel_table = None  # (blocks, their weight table, packed weights) for the decoding kernel: kernels.py
 
     def __init__(self, n_layer, batch, n_head, max_len, head_dim, dtype, device):
         shape = (n_layer, batch, n_head, max_len, head_dim)
-        self.k = torch.empty(shape, dtype=dtype, device=device)
-        self.v = torch.empty(shape, dtype=dtype, device=device)
+        self.store = (torch.empty(shape, dtype=dtype, device=device), torch.empty(shape, dtype=dtype, device=device))
+        self._use_rows(batch)
         self.length = 0  # positions filled so far (same for every row)
 
-    def select(self, rows: torch.Tensor) -> "KVCache":
-        """The cache of the given batch rows, in that order (beam search keeps the rows of its best beams)."""
-        out = KVCache.__new__(KVCache)
-        out.k, out.v, out.length = self.k.index_select(1, rows), self.v.index_select(1, rows), self.length
-        out.kernel_table = self.kernel_table
-        return out
+    def _use_rows(self, rows: int) -> None:
+        self.k, self.v = (s[:, :rows] for s in self.store)
 
-    def truncate(self, length: int) -> "KVCache":
+    @property
+    def rows(self) -> int:
+        return self.k.shape[1]
+
+    def _reserve(self, rows: int) -> None:
+        """Room for `rows` rows (the next power of two), keeping the filled columns of the current rows."""
+        if rows <= self.store[0].shape[1]:
+            return
+        capacity = 1 << (rows - 1).bit_length()
+        new = tuple(s.new_zeros((s.shape[0], capacity, *s.shape[2:])) for s in self.store)
+        for mine, old in zip(new, self.store):
+            mine[:, :self.rows, :, :self.length] = old[:, :self.rows, :, :self.length]
+        self.store = new
+        self._use_rows(self.rows)
+
+    def select(self, rows: torch.Tensor) -> "KVCache":
+        """The cache of the given batch rows, in that order (beam search keeps the rows of its best beams; a
+        server's batch drops finished rows). In place: only the rows whose position changes are copied."""
+        n = rows.numel()
+        self._reserve(n)
+        moved = torch.nonzero(rows != torch.arange(n, device=rows.device)).flatten()
+        if moved.numel():
+            for store in self.store:  # gathered before written: overlapping moves are safe
+                store[:, moved, :, :self.length] = store[:, rows[moved], :, :self.length]
+        self._use_rows(n)
+        return self
+
+    def extend(self, other: "KVCache") -> "KVCache":
+        """Append other's rows; the side with fewer columns is shifted right (its new padding zeroed: masked
+        keys still meet 0 x value in attention, which must not be NaN)."""
+        n, length = self.rows, max(self.length, other.length)
+        self._reserve(n + other.rows)
+        self._shift(length - self.length)
+        for mine, theirs in zip(self.store, (other.k, other.v)):
+            mine[:, n:n + other.rows, :, :length - other.length] = 0
+            mine[:, n:n + other.rows, :, length - other.length:length] = theirs[:, :, :, :other.length]
+        self._use_rows(n + other.rows)
+        self.length = length
+        return self
+
+    def trim(self, columns: int) -> "KVCache":
+        """Forget the first `columns` columns (padding in every row): the rest moves left."""
+        self._shift(-columns)
+        self.length -= columns
+        return self
+
+    def _shift(self, d: int) -> None:
+        """Move the filled columns of every row d places right (d > 0, zeros enter) or -d left."""
+        if d == 0 or not self.rows:
+            return
+        L = self.length
+        for rows in (self.k, self.v):
+            if d > 0:
+                rows[:, :, :, d:L + d] = rows[:, :, :, :L].clone()
+                rows[:, :, :, :d] = 0
+            else:
+                rows[:, :, :, :L + d] = rows[:, :, :, -d:L].clone()
+
+    def rollback(self, length: int) -> "KVCache":
         """Forget positions from `length` on (speculative decoding drops the keys of rejected draft tokens);
         their slots are simply overwritten by the next append."""
         self.length = min(self.length, length)

@@ -500,23 +500,35 @@ class NGramLM:
         logp, _ = self._log10_stream(stream, dist)
         return logp[keep] * LN10
 
-    def logprobs_next(self, ids, state=None):
-        """Natural-log distribution [B, V] of the next token after each row's history; <s> is -inf."""
+    block_size = None  # the context is the last order - 1 tokens of the sentence
+
+    @property
+    def device(self):
+        import torch
+
+        return torch.device("cpu")
+
+    def logprobs_last(self, ids, state, n: int):
+        from .base import logprobs_last_by_steps
+
+        return logprobs_last_by_steps(self, ids, state, n)
+
+    def logprobs_next(self, ids, state=None, pad=None):
+        """Natural-log distribution [B, V] of the next token after each row's history; <s> is -inf.
+        `pad` [B]: row b's history starts at column pad[b] (left padding)."""
         import torch
 
         rows = ids.tolist() if hasattr(ids, "tolist") else [list(r) for r in ids]
         if rows and not isinstance(rows[0], list):
             rows = [rows]
+        if pad is not None:
+            rows = [row[p:] for row, p in zip(rows, pad.tolist())]
         out = np.empty((len(rows), self.vocab_size), dtype=np.float64)
         for b, row in enumerate(rows):
             out[b] = self.next_log10(_sentence_context(row, self.order - 1))
         out *= LN10
         out[:, BOS_ID] = -np.inf
         return torch.from_numpy(out.astype(np.float32)), state
-
-    @staticmethod
-    def reorder_state(state, rows):
-        return state  # no cache: every call looks at the last order-1 tokens
 
     def over_tokenizer(self, tokenizer) -> "NGramOverTokens":
         """This model seen through a run's tokenizer: next-token distributions over *its* ids (a draft model
@@ -1366,16 +1378,19 @@ class NGramOverTokens:
             return SPACE_SYMBOL if text == " " else text
         return text.strip()
 
-    @property
-    def block_size(self) -> None:
-        return None
+    block_size = None
+    family = "ngram"
+    device = NGramLM.device
+    logprobs_last = NGramLM.logprobs_last
 
-    def logprobs_next(self, ids, state=None):
+    def logprobs_next(self, ids, state=None, pad=None):
         """Natural-log distribution [B, V_run] of the next run token after each row of run ids [B, T]."""
         import torch
 
         keep = self.model.order - 1
         rows = ids.tolist() if hasattr(ids, "tolist") else [list(r) for r in ids]
+        if pad is not None:
+            rows = [row[p:] for row, p in zip(rows, pad.tolist())]
         out = np.empty((len(rows), self.vocab_size), dtype=np.float64)
         for b, row in enumerate(rows):
             tail = self.to_ngram[row[-keep:]].tolist() if keep > 0 else []

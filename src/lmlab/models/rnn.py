@@ -61,9 +61,7 @@ class RNNConfig:
 
 def detach(hidden):
     """Cut the graph behind a hidden state (a tensor, or LSTM's (h, c) pair): truncated BPTT."""
-    if hidden is None:
-        return None
-    return tuple(h.detach() for h in hidden) if isinstance(hidden, tuple) else hidden.detach()
+    return None if hidden is None else _map(hidden, lambda h: h.detach())
 
 
 def _first(hidden) -> torch.Tensor:
@@ -79,14 +77,39 @@ def _zero_rows(hidden, rows: torch.Tensor):
     if hidden is None:
         return None  # None already means zeros
     keep = (~rows).to(_first(hidden).dtype)[None, :, None]
-    return tuple(h * keep for h in hidden) if isinstance(hidden, tuple) else hidden * keep
+    return _map(hidden, lambda h: h * keep)
 
 
 class RNNState:
-    """The generation "cache" of a recurrent model: the hidden state after `length` tokens, and the last output."""
+    """The decoding state of a recurrent model (a DecodeState): the hidden state of each row after the first
+    `length` columns, and each row's last output. Rows of different lengths share the columns (left padding:
+    a shorter row's state is simply its own), so appending rows and trimming columns move no numbers."""
 
     def __init__(self, hidden, length: int, last: torch.Tensor):
         self.hidden, self.length, self.last = hidden, length, last
+
+    def select(self, rows: torch.Tensor) -> "RNNState":
+        """The state of the given batch rows, in that order (beam search; a server's batch drops rows)."""
+        return RNNState(_map(self.hidden, lambda h: h.index_select(1, rows)), self.length,
+                        self.last.index_select(0, rows))
+
+    def extend(self, other: "RNNState") -> "RNNState":
+        hidden = _map(self.hidden, lambda h, o: torch.cat([h, o], 1), other.hidden)
+        return RNNState(hidden, max(self.length, other.length), torch.cat([self.last, other.last]))
+
+    def trim(self, columns: int) -> "RNNState":
+        return RNNState(self.hidden, self.length - columns, self.last)
+
+    def rollback(self, length: int) -> "RNNState | None":
+        """A recurrent state cannot forget tokens: only "no change" is possible (else None: recompute)."""
+        return self if length >= self.length else None
+
+
+def _map(hidden, fn, *others):
+    """fn over a hidden state's tensors (LSTM: the (h, c) pair), pairing them with others' tensors."""
+    if isinstance(hidden, tuple):
+        return tuple(fn(*parts) for parts in zip(hidden, *others))
+    return fn(hidden, *others)
 
 
 class RNNLM(NeuralLM):
@@ -123,21 +146,26 @@ class RNNLM(NeuralLM):
 
     # ------------------------------------------------------------------ forward
 
-    def forward(self, idx: torch.Tensor, hidden=None):
+    def forward(self, idx: torch.Tensor, hidden=None, starts: torch.Tensor | None = None):
         """Logits [B, T, V] for token ids idx [B, T] after `hidden` (None = zeros), and the new hidden state.
 
-        A row's state is zeroed just before each end-of-text token it reads (the start of a new document):
-        the sequence is run in pieces cut at the columns holding one, so the fused kernel still does the work.
+        A row's state is zeroed just before each end-of-text token it reads (the start of a new document), and
+        before column starts[b] of row b (its first real token after left padding): the sequence is run in
+        pieces cut at those columns, so the fused kernel still does the work.
         """
-        eot = self.cfg.eot_id
-        cuts = [] if eot < 0 else torch.nonzero((idx == eot).any(0)).flatten().tolist()
+        T = idx.shape[1]
+        reset = (idx == self.cfg.eot_id) if self.cfg.eot_id >= 0 else None  # [B, T]: zero the row's state here
+        if starts is not None:
+            first = torch.arange(T, device=idx.device)[None, :] == starts[:, None]
+            reset = first if reset is None else reset | first
+        cuts = [] if reset is None else torch.nonzero(reset.any(0)).flatten().tolist()
         pieces, start = [], 0
-        for cut in cuts + [idx.shape[1]]:
+        for cut in cuts + [T]:
             if cut > start:
                 out, hidden = self.rnn(self.drop(self.wte(idx[:, start:cut])), hidden)
                 pieces.append(out)
-            if cut < idx.shape[1]:
-                hidden = _zero_rows(hidden, idx[:, cut] == eot)
+            if cut < T:
+                hidden = _zero_rows(hidden, reset[:, cut])
             start = cut
         out = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
         return self.lm_head(self.drop(out)), hidden
@@ -176,25 +204,20 @@ class RNNLM(NeuralLM):
     # ------------------------------------------------------------------ causal-LM interface
 
     @torch.inference_mode()
-    def logprobs_next(self, ids: torch.Tensor, state: RNNState | None = None):
+    def logprobs_next(self, ids: torch.Tensor, state: RNNState | None = None, pad: torch.Tensor | None = None):
         """Log-probabilities [B, V] of the next token after each row of ids [B, T] (the whole history).
 
-        `state` is the RNNState of the previous call: only the tokens after state.length are run.
+        `state` is the RNNState of the previous call: only the tokens after state.length are run. `pad` [B]: left
+        padding; a row's state starts from zeros at its first real token, so it computes what it would alone.
         """
         B, T = ids.shape
         if state is None or state.length > T or _rows(state.hidden) != B:
             state = RNNState(None, 0, None)
         if state.length < T:
-            logits, hidden = self(ids[:, state.length:], state.hidden)
+            starts = None if pad is None else pad - state.length
+            logits, hidden = self(ids[:, state.length:], state.hidden, starts)
             state = RNNState(hidden, T, logits[:, -1])
         return F.log_softmax(state.last.float(), dim=-1), state
-
-    @staticmethod
-    def reorder_state(state: RNNState, rows: torch.Tensor) -> RNNState:
-        """The state of the given batch rows (beam search keeps the rows of its best beams)."""
-        h = state.hidden
-        hidden = tuple(x.index_select(1, rows) for x in h) if isinstance(h, tuple) else h.index_select(1, rows)
-        return RNNState(hidden, state.length, state.last.index_select(0, rows))
 
     @torch.inference_mode()
     def token_logprobs(self, ids, stride: int | None = None, chunk: int = 1024, streams: int | None = None) -> np.ndarray:

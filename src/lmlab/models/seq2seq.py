@@ -11,10 +11,10 @@ without a long warmup), "post" after each residual sum (the original Transformer
 Training is teacher forcing: `loss(batch)` is the label-smoothed cross-entropy of the target tokens (padding
 ignored); validation (eval mode) reports the plain cross-entropy, so val loss stays a log-likelihood.
 
-Decoding goes through lmlab.generate unchanged: `bind(src)` encodes a batch of sources once and returns a
-`BoundDecoder` that answers the causal-LM calls the generation loop makes -- `logprobs_next(target_ids, state)`
-(the state holds the decoder's self-attention KV cache, the per-layer cross-attention keys/values of the
-memory and the source padding mask) and `reorder_state(state, rows)` for beam search.
+Decoding goes through the one decoding driver (lmlab.decoding): the model is an EncoderDecoder (models/base.py),
+`bind(src)` encodes a batch of sources once and returns a `BoundDecoder`, a CausalLM over target ids whose
+`logprobs_next(target_ids, state)` state (a DecodeState) holds the decoder's self-attention KV cache, the
+per-layer cross-attention keys/values of the memory and the source padding mask, row by row.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import LmlabError
+from .base import logprobs_last_by_steps
 from .layers import Block, DecoderBlock, KVCache, init_weights, sinusoidal_positions
 
 
@@ -77,15 +78,38 @@ class Seq2SeqConfig:
 
 @dataclass
 class DecoderState:
-    """What decoding carries from step to step, row by row (one row per hypothesis)."""
+    """What decoding carries from step to step, row by row (one row per hypothesis): a DecodeState."""
     cache: KVCache  # decoder self-attention keys/values
     memory_k: torch.Tensor  # cross-attention keys of every decoder layer [L, B, H, S, hs]
     memory_v: torch.Tensor
     mask: torch.Tensor  # source padding [B, 1, 1, S], True = a real token
 
+    @property
+    def length(self) -> int:
+        return self.cache.length
+
     def select(self, rows: torch.Tensor) -> "DecoderState":
         return DecoderState(self.cache.select(rows), self.memory_k.index_select(1, rows),
                             self.memory_v.index_select(1, rows), self.mask.index_select(0, rows))
+
+    def extend(self, other: "DecoderState") -> "DecoderState":
+        """Both states' rows; sources of different lengths are padded to the longer one (and masked)."""
+        S = max(self.mask.shape[-1], other.mask.shape[-1])
+
+        def widen(state):
+            extra = S - state.mask.shape[-1]
+            return (F.pad(state.memory_k, (0, 0, 0, extra)), F.pad(state.memory_v, (0, 0, 0, extra)),
+                    F.pad(state.mask, (0, extra), value=False))
+
+        (k1, v1, m1), (k2, v2, m2) = widen(self), widen(other)
+        return DecoderState(self.cache.extend(other.cache), torch.cat([k1, k2], 1), torch.cat([v1, v2], 1),
+                            torch.cat([m1, m2]))
+
+    def trim(self, columns: int) -> "DecoderState":
+        return DecoderState(self.cache.trim(columns), self.memory_k, self.memory_v, self.mask)
+
+    def rollback(self, length: int) -> "DecoderState":
+        return DecoderState(self.cache.rollback(length), self.memory_k, self.memory_v, self.mask)
 
 
 class Seq2Seq(nn.Module):
@@ -217,25 +241,25 @@ class Seq2Seq(nn.Module):
 
 
 class BoundDecoder:
-    """The seq2seq model seen by lmlab.generate as a causal LM over target ids, for a fixed batch of sources.
+    """The seq2seq model seen by the decoding driver as a CausalLM over target ids, for a fixed batch of sources.
 
     Row r of the target ids belongs to source r // (rows / sources): with num_return_sequences n, each source's
-    n rows sit together. Padding and <mask> are never produced.
+    n rows sit together. Padding and <mask> are never produced. Target rows all start at once (with the
+    end-of-sequence token), so they are never left-padded.
     """
+
+    family = "seq2seq"
 
     def __init__(self, model: Seq2Seq, src: torch.Tensor):
         self.model = model
         self.cfg = model.cfg
-        self.block_size = model.cfg.block_size
-        device = next(model.parameters()).device
-        src = src.to(device)
+        self.block_size, self.vocab_size = model.cfg.block_size, model.cfg.vocab_size
+        self.device = next(model.parameters()).device
+        src = src.to(self.device)
         with torch.inference_mode():
             self.mask = model.source_mask(src)
             self.memory_k, self.memory_v = model.memory_kv(model.encode(src, self.mask))
         self.banned = [i for i in (model.cfg.pad_id, model.cfg.mask_id) if 0 <= i < model.cfg.vocab_size]
-
-    def parameters(self):
-        return self.model.parameters()
 
     def new_state(self, rows: int) -> DecoderState:
         sources = self.mask.shape[0]
@@ -251,13 +275,16 @@ class BoundDecoder:
         return DecoderState(cache, k, v, mask)
 
     @torch.inference_mode()
-    def logprobs_next(self, ids: torch.Tensor, state: DecoderState | None = None):
+    def logprobs_next(self, ids: torch.Tensor, state: DecoderState | None = None, pad: torch.Tensor | None = None):
         """Log-probabilities [B, V] of the next target token after each row of target ids [B, T]."""
         B, T = ids.shape
         if T > self.block_size:
             raise LmlabError(f"a target of {T} tokens is longer than the model's block_size {self.block_size}; "
                              "lower max_new_tokens.")
-        if state is None or state.cache.length >= T or state.cache.k.shape[1] != B:
+        if pad is not None and bool(pad.any()):
+            raise LmlabError("seq2seq target rows all start with the end-of-sequence token; they cannot be "
+                             "left-padded.")
+        if state is None or state.cache.length >= T or state.cache.rows != B:
             state = self.new_state(B)
         h = self.model.decode(ids[:, state.cache.length:], state.memory_k, state.memory_v, state.mask, state.cache)
         logits = self.model.lm_head(h[:, -1]).float()
@@ -265,6 +292,13 @@ class BoundDecoder:
             logits[:, self.banned] = float("-inf")
         return F.log_softmax(logits, dim=-1), state
 
+    def logprobs_last(self, ids: torch.Tensor, state, n: int):
+        return logprobs_last_by_steps(self, ids, state, n)
+
     @staticmethod
     def reorder_state(state: DecoderState, rows: torch.Tensor) -> DecoderState:
         return state.select(rows)
+
+    def token_logprobs(self, ids):
+        raise LmlabError("a seq2seq decoder scores target tokens given a source: use `lmlab eval RUN --data SRC "
+                         "--refs REF` for the model's output, or the training loss for teacher-forced targets.")

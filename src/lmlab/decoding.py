@@ -1,0 +1,312 @@
+"""The one decoding driver: `lmlab generate`, seq2seq translation, beam search and the server's continuous batching
+all decode through a `Batch` of `Row`s, and every row ends by the one rule of `Row.accept`.
+
+- A `Row` is one sequence: its history (prompt + tokens so far), how its next token is chosen (a Sampling chain
+  and its own seeded generator) and when it ends: the end-of-text token, a stop string (StopText: exactly
+  where the string begins, even across tokens) or its token limit.
+- A `Batch` holds the rows one causal LM decodes together: their ids right-aligned in a shared column space
+  (left padding, the one padding scheme: models/base.py), the model's DecodeState for them, and the context
+  limit. Rows join (`add`: their prompts are prefilled, each distinct prompt once, and their state is appended)
+  and leave (`remove`) between steps; `step` runs every row's newest token in one call of the model.
+  Past block_size a row keeps its last block_size tokens as context, as nanoGPT does: such rows leave the
+  cached batch and are recomputed each step; when the shared columns reach block_size, the padding that every
+  row has is trimmed. Nothing here knows a model family: only the protocols of models/base.py.
+- `advance` chooses the next token of a set of rows and passes it to each row; `decode` runs rows to the end.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from .sampling import Sampling
+
+
+# --------------------------------------------------------------------------- text and stop strings
+
+class StopText:
+    """The text of one sequence as its tokens arrive, ending exactly where a stop string begins.
+
+    `add(id)` returns the text that is now certain: a tail that could be the start of a stop string is held
+    back until the next tokens decide, so a stream never shows part of a stop string.
+    """
+
+    def __init__(self, tokenizer, stop: list[str], context: list[int] = ()):
+        from .tokenizer import StreamDecoder
+
+        self.decoder = StreamDecoder(tokenizer, context)  # context: the prompt's last token (see StreamDecoder)
+        self.stop = list(stop)
+        self.text, self.emitted, self.stopped = "", 0, False
+
+    def add(self, token_id: int) -> str:
+        return self._extend(self.decoder.add(token_id))
+
+    def flush(self) -> str:
+        out = self._extend(self.decoder.flush()) if not self.stopped else ""
+        tail, self.emitted = self.text[self.emitted:], len(self.text)
+        return out + tail
+
+    def final(self) -> str:
+        """The whole text once the sequence has ended (flushes what the decoder and the stop check held)."""
+        self.flush()
+        return self.text
+
+    def _extend(self, piece: str) -> str:
+        if self.stopped or not piece:
+            return ""
+        before = len(self.text)
+        self.text += piece
+        hits = [i for i in (self.text.find(s, max(0, before - len(s) + 1)) for s in self.stop) if i >= 0]
+        if hits:
+            self.text, self.stopped = self.text[:min(hits)], True
+            safe = len(self.text)
+        else:
+            safe = len(self.text) - self._held()
+        out, self.emitted = self.text[self.emitted:safe], max(self.emitted, safe)
+        return out
+
+    def _held(self) -> int:
+        """Length of the longest tail of the text that is a proper prefix of a stop string."""
+        longest = 0
+        for s in self.stop:
+            for k in range(min(len(s) - 1, len(self.text)), longest, -1):
+                if self.text.endswith(s[:k]):
+                    longest = k
+                    break
+        return longest
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]  # the tokens behind `text` (up to and including the one that completed a stop string)
+    logprobs: list[float]  # the model's natural-log probability of each of token_ids
+    finish_reason: str  # "stop" (a stop string or end-of-text) or "length"
+
+
+# --------------------------------------------------------------------------- one sequence
+
+class Row:
+    """One sequence being decoded. `text` (a StopText) may be None when only token ids matter (no stop strings
+    then); `eot` (the end-of-text id, or None) ends the row without becoming one of its tokens."""
+
+    def __init__(self, prompt: list[int], sampling: Sampling, generator: torch.Generator | None, limit: int,
+                 text: StopText | None = None, eot: int | None = None):
+        self.history = list(prompt)
+        self.sampling, self.generator, self.limit, self.text, self.eot = sampling, generator, limit, text, eot
+        self.tokens: list[int] = []
+        self.logprobs: list[float] = []
+        self.finish: str | None = None if limit > 0 else "length"
+        self.slot = -1  # its row in the Batch's state; -1: recomputed every step (past block_size), or not in one
+
+    def accept(self, token: int, logprob: float) -> str:
+        """Take the chosen token; return the text it made certain. Sets `finish` ("stop" or "length") when the
+        row ends: at end-of-text (not a token of the row), at a stop string, or at `limit` tokens."""
+        if token == self.eot:
+            self.finish = "stop"
+            return self.text.flush() if self.text else ""
+        self.history.append(token)
+        self.tokens.append(token)
+        self.logprobs.append(logprob)
+        piece = self.text.add(token) if self.text else ""
+        if self.text and self.text.stopped:
+            self.finish = "stop"
+        elif len(self.tokens) >= self.limit:
+            self.finish = "length"
+        if self.finish and self.text:
+            piece += self.text.flush()
+        return piece
+
+    def completion(self) -> Completion:
+        text = self.text.final() if self.text else ""
+        return Completion(text, self.tokens, self.logprobs, self.finish or "length")
+
+
+# --------------------------------------------------------------------------- rows decoded together
+
+class Batch:
+    """The rows one causal LM decodes together (see the module docstring). `rows` keeps the order rows joined in;
+    `step` and `add` return log-probabilities in that order. Everything runs in inference mode (the states are
+    changed in place)."""
+
+    def __init__(self, model):
+        self.model, self.block, self.device = model, model.block_size, model.device
+        if self.device.type == "cpu":
+            from .runtime import tune_allocator
+
+            tune_allocator()  # as the Trainer does: a step's large buffers (logits) reuse memory, no page faults
+        self.rows: list[Row] = []
+        self.slots: list[Row] = []  # the rows in the state, in its order
+        self.state = None
+        self.width = 0  # columns of the shared space (the state has seen width - 1 of them at a step)
+        self.ids: torch.Tensor | None = None  # [len(slots), capacity] left-padded histories
+        self.pad: torch.Tensor | None = None
+        self.stale = True  # the ids buffer must be rebuilt from the histories (the rows changed)
+
+    @torch.inference_mode()
+    def add(self, rows: list[Row]) -> torch.Tensor:
+        """Prefill the new rows' histories in one left-padded call; return their next-token log-probabilities.
+        (Rows are not merged by equal prompts: a bound seq2seq decoder's rows differ by their source.)"""
+        prompts = [r.history for r in rows]
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[p[0]] * (width - len(p)) + p for p in prompts], dtype=torch.long, device=self.device)
+        pad = torch.tensor([width - len(p) for p in prompts], dtype=torch.long, device=self.device)
+        logprobs, state = self.model.logprobs_next(ids, None, pad if bool(pad.any()) else None)
+        self.state = state if not self.slots else _extend(self.state, state)
+        self.width = max(self.width, width + 1)  # + the column of the token each row chooses next
+        for r in rows:
+            r.slot = len(self.slots)
+            self.slots.append(r)
+        self.rows += rows
+        self.stale = True
+        return logprobs
+
+    @torch.inference_mode()
+    def step(self) -> torch.Tensor:
+        """Run each row's newest token; the next-token log-probabilities [len(rows), V]."""
+        if self.block is not None:
+            self._keep_within(self.block)
+        parts, order = [], []
+        if self.slots:
+            ids, pad = self._columns()
+            logprobs, self.state = self.model.logprobs_next(ids, self.state, pad)
+            parts.append(logprobs)
+            order += self.slots
+        recomputed = [r for r in self.rows if r.slot < 0]
+        if recomputed:  # past block_size: the last block_size tokens, no cache (nanoGPT)
+            ids = torch.tensor([r.history[-self.block:] for r in recomputed], dtype=torch.long, device=self.device)
+            parts.append(self.model.logprobs_next(ids, None)[0])
+            order += recomputed
+        out = parts[0] if len(parts) == 1 else torch.cat(parts)
+        if any(a is not b for a, b in zip(order, self.rows)):
+            position = {id(r): i for i, r in enumerate(order)}
+            out = out[torch.tensor([position[id(r)] for r in self.rows], device=out.device)]
+        return out
+
+    @torch.inference_mode()
+    def remove(self, rows: list[Row]) -> None:
+        """Drop rows (finished, cancelled); the last rows of the state move into the freed slots."""
+        gone = {id(r) for r in rows}
+        self.rows = [r for r in self.rows if id(r) not in gone]
+        leaving = sorted(r.slot for r in rows if r.slot >= 0)
+        for r in rows:
+            r.slot = -1
+        if leaving:
+            self._release(leaving)
+
+    @torch.inference_mode()
+    def reorder(self, parents: list[int], rows: list[Row]) -> None:
+        """Beam search: the new rows continue the rows at `parents` (indices into `rows`), in this order."""
+        kept = [i for i, p in enumerate(parents) if self.rows[p].slot >= 0]
+        slots = torch.tensor([self.rows[parents[i]].slot for i in kept], dtype=torch.long, device=self.device)
+        self.state = _select(self.state, slots) if kept else None
+        for r in rows:
+            r.slot = -1
+        self.slots = [rows[i] for i in kept]
+        for i, r in enumerate(self.slots):
+            r.slot = i
+        self.rows, self.stale = list(rows), True
+
+    # -- the shared column space
+
+    def _columns(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The ids [B, width] and left padding [B] of the rows in the state, each row's newest token last."""
+        if self.stale or self.ids.shape[1] < self.width:  # rebuilt from the histories, with room to grow
+            histories = [r.history for r in self.slots]
+            rows = [[h[0]] * (self.width - len(h)) + h + [0] * 64 for h in histories]
+            self.ids = torch.tensor(rows, dtype=torch.long, device=self.device)
+            pad = torch.tensor([self.width - len(h) for h in histories], dtype=torch.long, device=self.device)
+            self.pad = pad if bool(pad.any()) else None
+            self.stale = False
+        else:  # one new column: each row's newest token
+            self.ids[:, self.width - 1] = torch.tensor([r.history[-1] for r in self.slots], device=self.device)
+        self.width += 1
+        return self.ids[:, :self.width - 1], self.pad
+
+    def _keep_within(self, block: int) -> None:
+        """Rows whose history passed block_size leave the state; padding every row has is trimmed at the limit."""
+        longer = [r.slot for r in self.slots if len(r.history) > block]
+        if longer:
+            self._release(sorted(longer))
+        if self.slots and self.width > block:  # the state must hold `width` columns at this step
+            trim = self.width - max(len(r.history) for r in self.slots)
+            self.state = self.state.trim(trim) if self.state is not None else None
+            self.width -= trim
+            self.stale = True
+
+    def _release(self, slots: list[int]) -> None:
+        """Take rows out of the state: the last remaining rows fill the freed slots (few rows move)."""
+        leaving, count = set(slots), len(self.slots) - len(slots)
+        order = list(range(count))
+        holes = [s for s in order if s in leaving]
+        movers = [s for s in range(count, len(self.slots)) if s not in leaving]
+        for hole, mover in zip(holes, movers):
+            order[hole] = mover
+        for s in slots:
+            self.slots[s].slot = -1
+        self.slots = [self.slots[s] for s in order]
+        for i, r in enumerate(self.slots):
+            r.slot = i
+        self.state = _select(self.state, torch.tensor(order, dtype=torch.long, device=self.device)) if order else None
+        if not self.slots:
+            self.width = 0
+        self.stale = True
+
+
+def _select(state, rows: torch.Tensor):
+    return None if state is None else state.select(rows)
+
+
+def _extend(state, other):
+    return None if state is None else state.extend(other)
+
+
+# --------------------------------------------------------------------------- choosing and ending
+
+def advance(rows: list[Row], logprobs: torch.Tensor, top: int = 0):
+    """Choose the next token of each row from its log-probabilities [len(rows), V] and pass it to the row.
+
+    Returns per row (token, its log-probability under the model, the text it made certain, the `top` most likely
+    (token, log-probability) pairs or None). Rows of one Sampling chain (or equal chains) are chosen together.
+    """
+    processed = logprobs
+    if any(r.sampling.history for r in rows):
+        processed = logprobs.clone()
+        for i, r in enumerate(rows):
+            if r.sampling.history:
+                processed[i:i + 1] = r.sampling.process_history(logprobs[i:i + 1], r.history)
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(r.sampling.key, []).append(i)
+    if len(groups) == 1:
+        next_ids = rows[0].sampling.choose(processed, [r.generator for r in rows])
+    else:
+        next_ids = torch.empty(len(rows), dtype=torch.long, device=logprobs.device)
+        for members in groups.values():
+            index = torch.tensor(members, device=logprobs.device)
+            next_ids[index] = rows[members[0]].sampling.choose(processed[index], [rows[i].generator for i in members])
+    chosen = logprobs.gather(1, next_ids[:, None])[:, 0].tolist()
+    tops = None
+    if top:
+        values, indices = logprobs.topk(min(top, logprobs.shape[1]), dim=-1)
+        tops = [list(zip(i, v)) for i, v in zip(indices.tolist(), values.tolist())]
+    tokens = next_ids.tolist()
+    return [(t, lp, r.accept(t, lp), tops[i] if tops else None) for i, (r, t, lp) in enumerate(zip(rows, tokens, chosen))]
+
+
+def decode(model, rows: list[Row]) -> Iterator[list[tuple[Row, int, float, str]]]:
+    """Decode rows to their end in one Batch; after each step yield (row, token, log-probability, text) of the
+    rows that took a token (a row that ended at end-of-text yields its token too)."""
+    batch = Batch(model)
+    live = [r for r in rows if r.finish is None]
+    if not live:
+        return
+    logprobs = batch.add(live)
+    while True:
+        steps = advance(batch.rows, logprobs)
+        yield [(r, t, lp, text) for r, (t, lp, text, _) in zip(batch.rows, steps)]
+        batch.remove([r for r in batch.rows if r.finish is not None])
+        if not batch.rows:
+            return
+        logprobs = batch.step()
