@@ -3,8 +3,10 @@
     from lmlab.serve import create_app, load_models
     app = create_app(load_models(["runs/baby"]))      # any ASGI server; `lmlab serve` runs uvicorn
 
-Modules: batching.py (the scheduler: one thread per model decodes every running request together),
-app.py (FastAPI: endpoints, limits, errors, metrics), static/ (the playground page).
+Modules: batching.py (the scheduler: one thread per model decodes every running request together, on the one
+decoding driver), schemas.py (request bodies, their checks, OpenAI-shaped errors), routes.py (the endpoints,
+module-level functions), app.py (create_app: state, metrics, middleware, error handlers), static/ (the
+playground page).
 """
 from __future__ import annotations
 
@@ -15,9 +17,6 @@ from pathlib import Path
 from ..errors import LmlabError
 
 __all__ = ["create_app", "load_models", "serve", "Limits", "is_loopback", "ServerThread"]
-
-CAUSAL_FAMILIES = ("gpt", "rnn", "ngram")
-
 
 def __getattr__(name: str):
     if name in ("create_app", "Limits"):  # FastAPI is imported on first use
@@ -42,6 +41,7 @@ def model_name(spec: str) -> tuple[str, str]:
 def load_models(specs: list[str], device: str = "cpu") -> dict[str, tuple]:
     """{name: (model, tokenizer)} for run directories / n-gram files given as PATH or NAME=PATH."""
     from ..checkpoint import load
+    from ..models.base import require_causal
 
     models: dict[str, tuple] = {}
     for spec in specs:
@@ -49,10 +49,7 @@ def load_models(specs: list[str], device: str = "cpu") -> dict[str, tuple]:
         if name in models:
             raise LmlabError(f"two models are named {name!r}; name them apart with NAME=PATH.")
         model, tokenizer = load(path, device=device)
-        family = getattr(model, "family", None)
-        if family not in CAUSAL_FAMILIES or not hasattr(model, "logprobs_next"):
-            raise LmlabError(f"{path} is a {family} model; lmlab serve serves causal language models "
-                             f"({', '.join(CAUSAL_FAMILIES)}).")
+        require_causal(model, path)  # lmlab serve serves causal language models
         models[name] = (model, tokenizer)
     return models
 
