@@ -36,8 +36,8 @@ def _version(dist: str) -> tuple[int, ...]:
 
 def _cannot_build() -> str | None:
     """Why this interpreter cannot build the wheel and install it offline, or None."""
-    if _version("setuptools") < (68,):  # pyproject.toml's build-system.requires
-        return "building the wheel offline needs setuptools >= 68 in this environment"
+    if _version("setuptools") < (77,):  # pyproject.toml's build-system.requires
+        return "building the wheel offline needs setuptools >= 77 in this environment"
     if _version("pip") < (22, 3):
         return "installing into another venv needs pip >= 22.3 (pip --python) in this environment"
     return None
