@@ -4,8 +4,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-REPO_DATA = Path(__file__).resolve().parents[2] / "data" / "tinyshakespeare.txt"
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "shakespeare-char-baby.yaml"
+# Shipped inside the package (the repo's data/tinyshakespeare.txt and configs/ are links to these), so the
+# demo runs the same from a checkout and from an installed wheel.
+PACKAGE = Path(__file__).resolve().parent
+TEXT = PACKAGE / "texts" / "tinyshakespeare.txt"
+CONFIG = PACKAGE / "configs" / "shakespeare-char-baby.yaml"
 
 
 def run_demo(out: Path, max_iters: int = 2000) -> dict:
@@ -20,8 +23,8 @@ def run_demo(out: Path, max_iters: int = 2000) -> dict:
 
     out = Path(out)
     data_dir, run_dir = out / "data", out / "gpt"
-    print(f"1/4 preparing {REPO_DATA.name} (character level) into {data_dir}")
-    meta = prepare(REPO_DATA, data_dir, tokenizer="char", val_fraction=0.1)
+    print(f"1/4 preparing {TEXT.name} (character level) into {data_dir}")
+    meta = prepare(TEXT, data_dir, tokenizer="char", val_fraction=0.1)
     cfg = load_config(CONFIG, {"data.dir": str(data_dir), "train.max_iters": str(max_iters),
                                "train.lr_decay_iters": str(max_iters)})
     m = cfg.model
