@@ -38,8 +38,8 @@ import torch
 from tqdm import tqdm
 
 from . import distributed
-from .checkpoint import (BEST, STATE, WEIGHTS, check_resumable, check_shapes, load_state_into, load_trainer_state,
-                         save_model_config, save_trainer_state, save_weights, unique_state_dict)
+from .checkpoint import (BEST, STATE, WEIGHTS, check_resumable, load_state_into, load_trainer_state,
+                         save_model_config, save_trainer_state, save_weights)
 from .config import Config, TrainConfig, save_config
 from .errors import LmlabError
 from .files import atomic_open, remove_stale_temp_files
@@ -128,8 +128,7 @@ class Trainer:
         self.model = model.to(self.device)
         if self.t.compile:
             model.compile()  # compiles the module's __call__, so loss() runs the compiled forward
-        self.step_module = distributed.wrap(self.model, self.dist, self.device)
-        self.fsdp = self.dist.world > 1 and self.dist.strategy == "fsdp"
+        self.parallel = distributed.Parallel(self.model, self.dist, self.device)
         self.optimizer = build_optimizer(model, self.t)  # after wrapping: FSDP replaced the parameters
         self.autocast = autocast_context(self.device, self.t.precision)
         self.scaler = torch.amp.GradScaler("cuda") if self.t.precision == "fp16" else None
@@ -157,55 +156,6 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _model_state(self) -> dict[str, torch.Tensor]:
-        """The whole model's tensors (tied ones once) on rank 0; under FSDP gathered from the shards (every rank
-        must call this; ranks other than 0 get {})."""
-        if not self.fsdp:
-            return unique_state_dict(self.model)
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        keep = unique_state_dict(self.model, keep_device=True).keys()
-        return {k: v for k, v in full.items() if k in keep} if self.dist.main else {}
-
-    def _optimizer_state(self) -> dict:
-        """optimizer.state_dict() as one process would write it (parameters numbered in group order); under FSDP
-        gathered from the shards, so any number of processes with any strategy can load it."""
-        if not self.fsdp:
-            return self.optimizer.state_dict()
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-        full = get_optimizer_state_dict(self.model, self.optimizer,
-                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if not self.dist.main:
-            return {}
-        index, groups = {}, []
-        for group in full["param_groups"]:
-            ids = [index.setdefault(fqn, len(index)) for fqn in group["params"]]
-            groups.append({**group, "params": ids})
-        return {"state": {index[k]: v for k, v in full["state"].items()}, "param_groups": groups}
-
-    def _load_optimizer_state(self, state: dict) -> None:
-        if not self.fsdp:
-            self.optimizer.load_state_dict(state)
-            return
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-        names = {id(p): n for n, p in self.model.named_parameters()}
-        fqn = [names[id(p)] for g in self.optimizer.param_groups for p in g["params"]]
-        full = {"state": {fqn[i]: v for i, v in state["state"].items()},
-                "param_groups": [{**g, "params": [fqn[i] for i in g["params"]]} for g in state["param_groups"]]}
-        set_optimizer_state_dict(self.model, self.optimizer, full, options=StateDictOptions(full_state_dict=True))
-
-    def _load_model_state(self, tensors: dict, source: Path) -> None:
-        if not self.fsdp:
-            load_state_into(self.model, tensors, source)
-            return
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-        check_shapes(tensors, self.cfg.model, source, None, "the config")
-        set_model_state_dict(self.model, tensors, options=StateDictOptions(full_state_dict=True, strict=False))
-
     def _write(self, what, path: Path) -> None:
         """Run a write on rank 0; a failure (disk full, no permission) becomes one clear error on every rank,
         and the file it was replacing stays as it was (atomic_open)."""
@@ -229,7 +179,7 @@ class Trainer:
         processes, rank 0 writes one full (unsharded) state: FSDP shards are gathered first (full-state gather),
         and each rank's RNG state and carried state are collected, so a run resumes with any number of processes.
         """
-        model_state, optimizer_state = self._model_state(), self._optimizer_state()
+        model_state, optimizer_state = self.parallel.model_state(), self.parallel.optimizer_state(self.optimizer)
         rng = self.dist.gather_objects(torch.get_rng_state())
         multi_gpu = self.dist.world > 1 and self.device.type == "cuda"
         rng_gpu = self.dist.gather_objects(torch.cuda.get_rng_state(self.device).cpu()) if multi_gpu else None
@@ -273,8 +223,8 @@ class Trainer:
         self.dist.barrier()
         path = self.run_dir / STATE
         state = load_trainer_state(path)
-        self._load_model_state(state["model"], path)
-        self._load_optimizer_state(state["optimizer"])
+        self.parallel.load_model_state(state["model"], path, self.cfg.model)
+        self.parallel.load_optimizer_state(self.optimizer, state["optimizer"])
         saved_world = state.get("world_size", 1)
         rank_rngs = state.get("rng_cpu_ranks", [state["rng_cpu"]])
         if self.dist.rank < len(rank_rngs):
@@ -356,8 +306,8 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> float:
         """Mean loss over the fixed validation batches (over every process's batches)."""
-        self.step_module.eval()
-        forward = self.step_module if self.fsdp else self.model.loss  # FSDP must gather the shards
+        self.parallel.module.eval()
+        forward = self.parallel.module if self.parallel.fsdp else self.model.loss  # FSDP must gather the shards
         losses = []
         for i, counts in self._eval_indices():
             batch = self._to_device(self.data.batch("val", i))
@@ -365,7 +315,7 @@ class Trainer:
                 loss = forward(batch).item()
             if counts:
                 losses.append(loss)
-        self.step_module.train()
+        self.parallel.module.train()
         if self.dist.world == 1:
             return sum(losses) / len(losses)
         total, count = self.dist.all_reduce_sum([sum(losses), len(losses)])
@@ -381,14 +331,6 @@ class Trainer:
         local = self.step * self.t.grad_accum + micro
         return local if self.sharded else local * self.dist.world + self.dist.rank
 
-    def _no_sync(self, skip: bool):
-        """Skip the gradient all-reduce of the micro-batches before the last one of a step."""
-        if not skip or self.dist.world == 1:
-            return contextlib.nullcontext()
-        if self.fsdp:
-            return _fsdp_no_sync(self.step_module)
-        return self.step_module.no_sync()
-
     def _train_step(self) -> tuple[float, int, bool]:
         """One optimizer step over grad_accum micro-batches; returns (mean loss over every process, tokens over
         every process, whether some process received SIGINT / SIGTERM)."""
@@ -398,9 +340,9 @@ class Trainer:
         total, tokens = 0.0, 0
         for micro in range(self.t.grad_accum):
             batch = self._to_device(self.data.batch("train", self._micro_index(micro)))
-            with self._no_sync(micro < self.t.grad_accum - 1):
+            with self.parallel.no_sync(micro < self.t.grad_accum - 1):
                 with self.autocast:
-                    loss = self.step_module(batch) / self.t.grad_accum
+                    loss = self.parallel.module(batch) / self.t.grad_accum
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             total += loss.item()
             tokens += count_tokens(batch)
@@ -446,7 +388,7 @@ class Trainer:
 
     def fit(self) -> dict:
         """Train until max_iters; return a summary (final/best val loss, tokens/s, wall time)."""
-        self.step_module.train()
+        self.parallel.module.train()
         handlers, metrics_file, bar = {}, None, None
         run_tokens, run_time, val = 0, 0.0, None
         try:
@@ -496,24 +438,13 @@ class Trainer:
                     metrics_file.close()
             if self.tb:
                 self.tb.close()
-            self._end_distributed()
+            self.parallel.close()
         if self.dist.main:
             from .report import plot_loss
 
             plot_loss(self.run_dir / "metrics.csv", self.run_dir / "loss.png")
         return {"step": self.step, "val_loss": val, "best_val_loss": self.best_val,
                 "tokens_per_sec": run_tokens / run_time if run_time else 0.0, "train_seconds": self.elapsed}
-
-    def _end_distributed(self) -> None:
-        """Leave the process group. DDP's reducer goes first: were it the last holder of the gloo process group,
-        its destructor would join gloo's threads while holding the GIL, and a thread still freeing a finished
-        collective's Python tensors would wait for that GIL forever (a rare hang seen at exit)."""
-        if self.dist.world > 1 and not self.fsdp:
-            import gc
-
-            self.step_module = distributed.LossModule(self.model)
-            gc.collect()
-        self.dist.close()
 
     def _log_eval(self, metrics, bar) -> float:
         val = self.evaluate()
@@ -524,7 +455,7 @@ class Trainer:
         if val < self.best_val:
             self.best_val = val
             if self.t.keep_best and self.step > 0:
-                weights = self._model_state()
+                weights = self.parallel.model_state()
                 self._write(lambda: save_weights(weights, self.run_dir / BEST, self.step,
                                                  dataclasses.asdict(self.cfg.model)), self.run_dir / BEST)
         if self.progress:
@@ -541,16 +472,6 @@ def weights_step(path: Path) -> int | None:
             return int((f.metadata() or {}).get("step", -1))
     except Exception:
         return None
-
-
-@contextlib.contextmanager
-def _fsdp_no_sync(module):
-    module.set_requires_gradient_sync(False)
-    try:
-        yield
-    finally:
-        module.set_requires_gradient_sync(True)
-
 
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = True,
