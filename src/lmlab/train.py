@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
 import math
 import os
 import signal
@@ -38,11 +37,11 @@ import torch
 from tqdm import tqdm
 
 from . import distributed
-from .checkpoint import (BEST, STATE, WEIGHTS, check_resumable, load_state_into, load_trainer_state,
-                         save_model_config, save_trainer_state, save_weights)
+from .checkpoint import BEST, STATE, WEIGHTS, check_resumable, load_state_into, save_model_config
 from .config import Config, TrainConfig, save_config
 from .errors import LmlabError
-from .files import atomic_open, remove_stale_temp_files
+from .files import atomic_open
+from .resume import Checkpoints
 from .runtime import tune_allocator
 
 METRIC_FIELDS = ["step", "train_loss", "val_loss", "lr", "tokens_per_sec", "elapsed_s"]
@@ -132,6 +131,7 @@ class Trainer:
         self.optimizer = build_optimizer(model, self.t)  # after wrapping: FSDP replaced the parameters
         self.autocast = autocast_context(self.device, self.t.precision)
         self.scaler = torch.amp.GradScaler("cuda") if self.t.precision == "fp16" else None
+        self.checkpoints = Checkpoints(self.run_dir, cfg, self.parallel, self.optimizer, self.scaler, self.device)
         # Several processes: a data source that carries state between batches (TokenStreams) is cut into per-rank
         # streams; any other one is read at global micro-batch indices, rank r taking every world-th (see
         # _micro_index), so the processes together read what one process with grad_accum x world would.
@@ -139,7 +139,6 @@ class Trainer:
         self.data = data.shard(self.dist.rank, self.dist.world) if self.sharded else data
         self.progress = progress and self.dist.main
         self.step, self.elapsed, self.best_val = 0, 0.0, math.inf
-        self.saved_step: int | None = None  # step of the checkpoint on disk, for error messages
         self.tb = None
         self._stop_signal: int | None = None
         if self.dist.main:
@@ -156,106 +155,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _write(self, what, path: Path) -> None:
-        """Run a write on rank 0; a failure (disk full, no permission) becomes one clear error on every rank,
-        and the file it was replacing stays as it was (atomic_open)."""
-        message = None
-        if self.dist.main:
-            try:
-                what()
-            except OSError as e:
-                kept = (f"the previous checkpoint (step {self.saved_step}) is kept" if self.saved_step is not None
-                        else "no earlier checkpoint exists")
-                message = (f"could not write {path} ({e.strerror or e}); {kept}. Free some disk space or make "
-                           f"{self.run_dir} writable, then continue with `lmlab train --resume {self.run_dir}`.")
-        message = self.dist.broadcast_object(message)
-        if message:
-            raise LmlabError(message)
-
     def save_checkpoint(self) -> None:
-        """trainer_state.pt (the whole resume point, weights included: one atomic file), then model.safetensors.
-
-        A kill between the two renames leaves a consistent trainer_state.pt to resume from. With several
-        processes, rank 0 writes one full (unsharded) state: FSDP shards are gathered first (full-state gather),
-        and each rank's RNG state and carried state are collected, so a run resumes with any number of processes.
-        """
-        model_state, optimizer_state = self.parallel.model_state(), self.parallel.optimizer_state(self.optimizer)
-        rng = self.dist.gather_objects(torch.get_rng_state())
-        multi_gpu = self.dist.world > 1 and self.device.type == "cuda"
-        rng_gpu = self.dist.gather_objects(torch.cuda.get_rng_state(self.device).cpu()) if multi_gpu else None
-        carried = self.model.carried_state() if hasattr(self.model, "carried_state") else None
-        carried_ranks = self.dist.gather_objects(carried) if carried is not None else None
-        if not self.dist.main:
-            self._write(lambda: None, self.run_dir / STATE)  # take part in the error broadcast
-            self._write(lambda: None, self.run_dir / WEIGHTS)
-            self.saved_step = self.step
-            return
-        state = {"step": self.step, "elapsed": self.elapsed, "best_val": self.best_val,
-                 "model": model_state, "optimizer": optimizer_state, "rng_cpu": rng[0],
-                 "config": self.cfg.to_dict(), "world_size": self.dist.world, "strategy": self.dist.strategy,
-                 "global_batch": self.global_batch}
-        if self.dist.world > 1:
-            state["rng_cpu_ranks"] = rng
-        if torch.cuda.is_available() and self.dist.world == 1:
-            state["rng_cuda"] = torch.cuda.get_rng_state_all()
-        if rng_gpu is not None:
-            state["rng_cuda_ranks"] = rng_gpu  # each process's GPU (dropout on the GPU draws from it)
-        if self.scaler is not None:
-            state["scaler"] = self.scaler.state_dict()
-        if carried is not None:  # e.g. an RNN's hidden state carried into the next batch
-            state["carried"] = carried
-            if self.dist.world > 1:
-                state["carried_ranks"] = carried_ranks
-        self._write(lambda: save_trainer_state(state, self.run_dir / STATE), self.run_dir / STATE)
-        self._write(lambda: save_weights(model_state, self.run_dir / WEIGHTS, self.step,
-                                         dataclasses.asdict(self.cfg.model)), self.run_dir / WEIGHTS)
-        self.saved_step = self.step
-
-    @property
-    def global_batch(self) -> int:
-        """Sequences per optimizer step over all processes."""
-        return self.t.batch_size * self.t.grad_accum * self.dist.world
+        """trainer_state.pt (the whole resume point), then model.safetensors (see lmlab.resume)."""
+        self.checkpoints.save(self.step, self.elapsed, self.best_val)
 
     def resume(self) -> None:
         """Restore model, optimizer, step and RNG from the run directory's last checkpoint (on every rank)."""
-        if self.dist.main:
-            remove_stale_temp_files(self.run_dir)  # a kill -9 during a save leaves its temp file behind
-        self.dist.barrier()
-        path = self.run_dir / STATE
-        state = load_trainer_state(path)
-        self.parallel.load_model_state(state["model"], path, self.cfg.model)
-        self.parallel.load_optimizer_state(self.optimizer, state["optimizer"])
-        saved_world = state.get("world_size", 1)
-        rank_rngs = state.get("rng_cpu_ranks", [state["rng_cpu"]])
-        if self.dist.rank < len(rank_rngs):
-            torch.set_rng_state(rank_rngs[self.dist.rank])
-        else:  # more processes than the run had: a fresh, distinct stream for this rank
-            torch.manual_seed(self.t.seed + 1_000_003 * self.dist.rank + state["step"])
-        if "rng_cuda" in state and torch.cuda.is_available() and self.dist.world == 1:
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
-        gpu_rngs = state.get("rng_cuda_ranks", [])
-        if self.device.type == "cuda" and self.dist.world > 1 and self.dist.rank < len(gpu_rngs):
-            torch.cuda.set_rng_state(gpu_rngs[self.dist.rank], self.device)
-        if self.scaler is not None and "scaler" in state:
-            self.scaler.load_state_dict(state["scaler"])
-        if hasattr(self.model, "load_carried_state"):
-            carried = state.get("carried_ranks", [state.get("carried", {})])
-            # The streams are laid out per process count: another count starts them from zero state.
-            same = saved_world == self.dist.world
-            self.model.load_carried_state(carried[self.dist.rank] if same else {})
-        self.step, self.elapsed, self.best_val = state["step"], state["elapsed"], state["best_val"]
-        self.saved_step = self.step
-        # A kill between the two renames of a save leaves model.safetensors a step behind: bring it level now.
-        weights = self.run_dir / WEIGHTS
-        self._write(lambda: weights_step(weights) == self.step or save_weights(
-            state["model"], weights, self.step, dataclasses.asdict(self.cfg.model)), weights)
+        self.step, self.elapsed, self.best_val = self.checkpoints.restore()
         if self.dist.main:
             self._truncate_metrics(self.step)
-            before = state.get("global_batch", self.global_batch)
-            if saved_world != self.dist.world and before != self.global_batch:
-                print(f"note: {path} was written by {saved_world} process(es) with {before} sequences per step; "
-                      f"{self.dist.world} process(es) now take {self.global_batch}. Set --train.grad_accum so that "
-                      f"batch_size x grad_accum x processes = {before} to keep the same training.", file=sys.stderr)
 
     # ------------------------------------------------------------------ metrics
 
@@ -424,7 +332,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{run_tokens / run_time:,.0f}")
                 bar.update(1)
                 if self._should_save() or stop:
-                    self._write(lambda: metrics_file.flush(), self.run_dir / "metrics.csv")  # rank 0 only
+                    self.checkpoints.write(lambda: metrics_file.flush(), self.run_dir / "metrics.csv")  # rank 0 only
                     self.save_checkpoint()
                 if stop:
                     raise Interrupted(self._stop_signal or signal.SIGTERM, self.step, self.run_dir)
@@ -455,23 +363,10 @@ class Trainer:
         if val < self.best_val:
             self.best_val = val
             if self.t.keep_best and self.step > 0:
-                weights = self.parallel.model_state()
-                self._write(lambda: save_weights(weights, self.run_dir / BEST, self.step,
-                                                 dataclasses.asdict(self.cfg.model)), self.run_dir / BEST)
+                self.checkpoints.save_best(self.step)
         if self.progress:
             bar.write(f"step {self.step}: val loss {val:.4f} (best {self.best_val:.4f})", file=sys.stderr)
         return val
-
-
-def weights_step(path: Path) -> int | None:
-    """The step stored in a safetensors file's metadata (None if it is missing or unreadable)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return int((f.metadata() or {}).get("step", -1))
-    except Exception:
-        return None
 
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = True,
