@@ -24,7 +24,6 @@ disk, no permission) is a clear error that keeps the previous checkpoint.
 from __future__ import annotations
 
 import contextlib
-import csv
 import math
 import os
 import signal
@@ -41,11 +40,9 @@ from .checkpoint import BEST, STATE, WEIGHTS, check_resumable, load_state_into, 
 from .config import Config, TrainConfig, save_config
 from .errors import LmlabError
 from .files import atomic_open
+from .report import MetricsLog, plot_loss, truncate_metrics
 from .resume import Checkpoints
 from .runtime import tune_allocator
-
-METRIC_FIELDS = ["step", "train_loss", "val_loss", "lr", "tokens_per_sec", "elapsed_s"]
-
 
 def lr_at(step: int, t: TrainConfig) -> float:
     """Learning rate for optimizer step `step` (0-based): linear warmup, cosine decay to min_lr."""
@@ -139,7 +136,6 @@ class Trainer:
         self.data = data.shard(self.dist.rank, self.dist.world) if self.sharded else data
         self.progress = progress and self.dist.main
         self.step, self.elapsed, self.best_val = 0, 0.0, math.inf
-        self.tb = None
         self._stop_signal: int | None = None
         if self.dist.main:
             try:
@@ -163,41 +159,7 @@ class Trainer:
         """Restore model, optimizer, step and RNG from the run directory's last checkpoint (on every rank)."""
         self.step, self.elapsed, self.best_val = self.checkpoints.restore()
         if self.dist.main:
-            self._truncate_metrics(self.step)
-
-    # ------------------------------------------------------------------ metrics
-
-    def _truncate_metrics(self, step: int) -> None:
-        """Drop metric rows written after the checkpoint we resume from (they will be redone)."""
-        path = self.run_dir / "metrics.csv"
-        if not path.exists():
-            return
-        with open(path, newline="") as f:
-            # A kill can leave a half-written last row: keep only complete rows up to the checkpoint.
-            rows = [r for r in csv.DictReader(f)
-                    if r.get("elapsed_s") and r["step"].isdigit() and int(r["step"]) <= step]
-        with atomic_open(path, "w") as f:
-            writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    def _open_metrics(self):
-        if not self.dist.main:
-            return None, None
-        path = self.run_dir / "metrics.csv"
-        new = self.step == 0 or not path.exists()  # a fresh run never appends to an earlier attempt's rows
-        f = open(path, "w" if new else "a", newline="")
-        writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
-        if new:
-            writer.writeheader()
-        return f, writer
-
-    def _open_tensorboard(self):
-        if not self.t.tensorboard or not self.dist.main:
-            return None
-        from torch.utils.tensorboard import SummaryWriter
-
-        return SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step or None)
+            truncate_metrics(self.run_dir / "metrics.csv", self.step)
 
     # ------------------------------------------------------------------ loop
 
@@ -297,16 +259,15 @@ class Trainer:
     def fit(self) -> dict:
         """Train until max_iters; return a summary (final/best val loss, tokens/s, wall time)."""
         self.parallel.module.train()
-        handlers, metrics_file, bar = {}, None, None
+        handlers, log, bar = {}, None, None
         run_tokens, run_time, val = 0, 0.0, None
         try:
-            metrics_file, metrics = self._open_metrics()
-            self.tb = self._open_tensorboard()
+            log = MetricsLog(self.run_dir, self.step, self.t.tensorboard, self.dist.main)
             bar = tqdm(total=self.t.max_iters, initial=self.step, disable=not self.progress, file=sys.stderr,
                        dynamic_ncols=True, desc="train", unit="step")
             handlers = self._catch_signals()
             if self.step == 0:
-                self._log_eval(metrics, bar)
+                self._log_eval(log, bar)
             while self.step < self.t.max_iters:
                 start = time.perf_counter()
                 loss, tokens, stop = self._train_step()
@@ -318,21 +279,15 @@ class Trainer:
                 self.elapsed += took
                 run_tokens, run_time = run_tokens + tokens, run_time + took
                 lr = lr_at(self.step - 1, self.t)
-                row = {"step": self.step, "train_loss": f"{loss:.6f}", "lr": f"{lr:.6g}",
-                       "tokens_per_sec": f"{tokens / took:.1f}", "elapsed_s": f"{self.elapsed:.3f}"}
-                if self._should_eval():
-                    val = self._log_eval(None, bar)
-                    row["val_loss"] = f"{val:.6f}"
-                if metrics is not None:
-                    metrics.writerow(row)
-                if self.tb:
-                    self.tb.add_scalar("loss/train", loss, self.step)
-                    self.tb.add_scalar("lr", lr, self.step)
+                evaluated = self._should_eval()
+                if evaluated:
+                    val = self._log_eval(log, bar)
+                log.train_step(self.step, loss, lr, tokens / took, self.elapsed, val if evaluated else None)
                 if self.step % self.t.log_interval == 0 or self.step == self.t.max_iters:
                     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{run_tokens / run_time:,.0f}")
                 bar.update(1)
                 if self._should_save() or stop:
-                    self.checkpoints.write(lambda: metrics_file.flush(), self.run_dir / "metrics.csv")  # rank 0 only
+                    self.checkpoints.write(log.flush, self.run_dir / "metrics.csv")
                     self.save_checkpoint()
                 if stop:
                     raise Interrupted(self._stop_signal or signal.SIGTERM, self.step, self.run_dir)
@@ -341,25 +296,17 @@ class Trainer:
                 signal.signal(s, h)
             if bar is not None:
                 bar.close()
-            if metrics_file is not None:
-                with contextlib.suppress(OSError):
-                    metrics_file.close()
-            if self.tb:
-                self.tb.close()
+            if log is not None:
+                log.close()
             self.parallel.close()
         if self.dist.main:
-            from .report import plot_loss
-
             plot_loss(self.run_dir / "metrics.csv", self.run_dir / "loss.png")
         return {"step": self.step, "val_loss": val, "best_val_loss": self.best_val,
                 "tokens_per_sec": run_tokens / run_time if run_time else 0.0, "train_seconds": self.elapsed}
 
-    def _log_eval(self, metrics, bar) -> float:
+    def _log_eval(self, log: MetricsLog, bar) -> float:
         val = self.evaluate()
-        if self.tb:
-            self.tb.add_scalar("loss/val", val, self.step)
-        if metrics is not None:  # the evaluation before the first step
-            metrics.writerow({"step": self.step, "val_loss": f"{val:.6f}", "elapsed_s": f"{self.elapsed:.3f}"})
+        log.evaluation(self.step, val, self.elapsed)
         if val < self.best_val:
             self.best_val = val
             if self.t.keep_best and self.step > 0:
