@@ -23,12 +23,9 @@ disk, no permission) is a clear error that keeps the previous checkpoint.
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -42,7 +39,8 @@ from .errors import LmlabError
 from .files import atomic_open
 from .report import MetricsLog, plot_loss, truncate_metrics
 from .resume import Checkpoints
-from .runtime import tune_allocator
+from .runtime import StopSignals, autocast_context, resolve_device, tune_allocator
+
 
 def lr_at(step: int, t: TrainConfig) -> float:
     """Learning rate for optimizer step `step` (0-based): linear warmup, cosine decay to min_lr."""
@@ -62,30 +60,6 @@ def build_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.AdamW
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     # One fused kernel per step instead of a loop over tensors; the fused CPU kernel exists since torch 2.4.
     return torch.optim.AdamW(groups, lr=t.learning_rate, betas=(t.beta1, t.beta2), fused=True)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise LmlabError(f"device {name!r} was requested but this machine has no CUDA GPU; "
-                         "use --train.device cpu.")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise LmlabError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto.") from None
-
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def autocast_context(device: torch.device, precision: str):
-    """fp32: nothing; bf16: autocast on CPU or GPU; fp16: autocast on a GPU (with a GradScaler, see Trainer)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "fp16" and device.type != "cuda":
-        raise LmlabError("train.precision fp16 needs a CUDA GPU (with a gradient scaler); use bf16 or fp32 on CPU.")
-    return torch.autocast(device.type, dtype=PRECISIONS[precision])
 
 
 def count_tokens(batch) -> int:
@@ -136,7 +110,7 @@ class Trainer:
         self.data = data.shard(self.dist.rank, self.dist.world) if self.sharded else data
         self.progress = progress and self.dist.main
         self.step, self.elapsed, self.best_val = 0, 0.0, math.inf
-        self._stop_signal: int | None = None
+        self.signals = StopSignals(announce=self.progress)
         if self.dist.main:
             try:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -226,7 +200,7 @@ class Trainer:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        stop = self._stop_signal is not None
+        stop = self.signals.received is not None
         if self.dist.world > 1:  # one all-reduce: the mean loss, the tokens, and any process's stop request
             total, tokens, stops = self.dist.all_reduce_sum([total, tokens, float(stop)])
             total, tokens, stop = total / self.dist.world, int(tokens), stops > 0
@@ -239,61 +213,17 @@ class Trainer:
         every = self.t.save_interval or self.t.eval_interval
         return self.step % every == 0 or self.step == self.t.max_iters
 
-    def _on_signal(self, signum, frame) -> None:
-        # A second Ctrl-C quits at once; not under torchrun, which passes the terminal's Ctrl-C on once more
-        # (and kills its workers itself if they take too long).
-        if self._stop_signal is not None and signum == signal.SIGINT and distributed.launched_world() == 1 \
-                and "LOCAL_RANK" not in os.environ:
-            raise KeyboardInterrupt
-        self._stop_signal = signum
-        if self.progress:
-            print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
-                  "(Ctrl-C again to quit without saving)", file=sys.stderr)
-
-    def _catch_signals(self) -> dict:
-        """SIGINT and SIGTERM only set a flag; fit saves a checkpoint after the step in progress and stops."""
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-        return {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-
     def fit(self) -> dict:
         """Train until max_iters; return a summary (final/best val loss, tokens/s, wall time)."""
         self.parallel.module.train()
-        handlers, log, bar = {}, None, None
-        run_tokens, run_time, val = 0, 0.0, None
+        log = bar = None
         try:
             log = MetricsLog(self.run_dir, self.step, self.t.tensorboard, self.dist.main)
             bar = tqdm(total=self.t.max_iters, initial=self.step, disable=not self.progress, file=sys.stderr,
                        dynamic_ncols=True, desc="train", unit="step")
-            handlers = self._catch_signals()
-            if self.step == 0:
-                self._log_eval(log, bar)
-            while self.step < self.t.max_iters:
-                start = time.perf_counter()
-                loss, tokens, stop = self._train_step()
-                if not math.isfinite(loss):
-                    raise LmlabError(f"training diverged at step {self.step + 1} (loss {loss}); "
-                                     "lower train.learning_rate or raise train.warmup_iters.")
-                took = time.perf_counter() - start
-                self.step += 1
-                self.elapsed += took
-                run_tokens, run_time = run_tokens + tokens, run_time + took
-                lr = lr_at(self.step - 1, self.t)
-                evaluated = self._should_eval()
-                if evaluated:
-                    val = self._log_eval(log, bar)
-                log.train_step(self.step, loss, lr, tokens / took, self.elapsed, val if evaluated else None)
-                if self.step % self.t.log_interval == 0 or self.step == self.t.max_iters:
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{run_tokens / run_time:,.0f}")
-                bar.update(1)
-                if self._should_save() or stop:
-                    self.checkpoints.write(log.flush, self.run_dir / "metrics.csv")
-                    self.save_checkpoint()
-                if stop:
-                    raise Interrupted(self._stop_signal or signal.SIGTERM, self.step, self.run_dir)
+            with self.signals:
+                val, run_tokens, run_time = self._loop(log, bar)
         finally:
-            for s, h in handlers.items():
-                signal.signal(s, h)
             if bar is not None:
                 bar.close()
             if log is not None:
@@ -303,6 +233,37 @@ class Trainer:
             plot_loss(self.run_dir / "metrics.csv", self.run_dir / "loss.png")
         return {"step": self.step, "val_loss": val, "best_val_loss": self.best_val,
                 "tokens_per_sec": run_tokens / run_time if run_time else 0.0, "train_seconds": self.elapsed}
+
+    def _loop(self, log: MetricsLog, bar) -> tuple[float | None, int, float]:
+        """The steps up to max_iters, after an evaluation when the run starts; returns the last validation loss,
+        and the tokens and seconds this call trained."""
+        run_tokens, run_time, val = 0, 0.0, None
+        if self.step == 0:
+            self._log_eval(log, bar)
+        while self.step < self.t.max_iters:
+            start = time.perf_counter()
+            loss, tokens, stop = self._train_step()
+            if not math.isfinite(loss):
+                raise LmlabError(f"training diverged at step {self.step + 1} (loss {loss}); "
+                                 "lower train.learning_rate or raise train.warmup_iters.")
+            took = time.perf_counter() - start
+            self.step += 1
+            self.elapsed += took
+            run_tokens, run_time = run_tokens + tokens, run_time + took
+            lr = lr_at(self.step - 1, self.t)
+            evaluated = self._should_eval()
+            if evaluated:
+                val = self._log_eval(log, bar)
+            log.train_step(self.step, loss, lr, tokens / took, self.elapsed, val if evaluated else None)
+            if self.step % self.t.log_interval == 0 or self.step == self.t.max_iters:
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{run_tokens / run_time:,.0f}")
+            bar.update(1)
+            if self._should_save() or stop:
+                self.checkpoints.write(log.flush, self.run_dir / "metrics.csv")
+                self.save_checkpoint()
+            if stop:
+                raise Interrupted(self.signals.received or signal.SIGTERM, self.step, self.run_dir)
+        return val, run_tokens, run_time
 
     def _log_eval(self, log: MetricsLog, bar) -> float:
         val = self.evaluate()
