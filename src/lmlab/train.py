@@ -35,6 +35,7 @@ from tqdm import tqdm
 from . import distributed
 from .checkpoint import BEST, STATE, WEIGHTS, check_resumable, load_state_into, save_model_config
 from .config import Config, TrainConfig, save_config
+from .data import ShardedData
 from .errors import LmlabError
 from .files import atomic_open
 from .report import MetricsLog, plot_loss, truncate_metrics
@@ -103,10 +104,10 @@ class Trainer:
         self.autocast = autocast_context(self.device, self.t.precision)
         self.scaler = torch.amp.GradScaler("cuda") if self.t.precision == "fp16" else None
         self.checkpoints = Checkpoints(self.run_dir, cfg, self.parallel, self.optimizer, self.scaler, self.device)
-        # Several processes: a data source that carries state between batches (TokenStreams) is cut into per-rank
-        # streams; any other one is read at global micro-batch indices, rank r taking every world-th (see
+        # Several processes: ShardedData (TokenStreams, whose state carries between batches) is cut into per-rank
+        # streams; any other data is read at global micro-batch indices, rank r taking every world-th (see
         # _micro_index), so the processes together read what one process with grad_accum x world would.
-        self.sharded = self.dist.world > 1 and hasattr(data, "shard")
+        self.sharded = self.dist.world > 1 and isinstance(data, ShardedData)
         self.data = data.shard(self.dist.rank, self.dist.world) if self.sharded else data
         self.progress = progress and self.dist.main
         self.step, self.elapsed, self.best_val = 0, 0.0, math.inf
