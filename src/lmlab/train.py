@@ -33,13 +33,14 @@ import torch
 from tqdm import tqdm
 
 from . import distributed
-from .checkpoint import BEST, STATE, WEIGHTS, check_resumable, load_state_into, save_model_config
-from .config import Config, TrainConfig, save_config
+from .checkpoint import STATE, check_resumable
+from .config import Config, TrainConfig
 from .data import ShardedData
 from .errors import LmlabError
-from .files import atomic_open
 from .report import MetricsLog, plot_loss, truncate_metrics
 from .resume import Checkpoints
+from .runs import check_same_tokenizer, load_init_weights, start_run_dir
+from .runs import init_config, resume_config  # noqa: F401 (cli.py still imports them from lmlab.train)
 from .runtime import StopSignals, autocast_context, resolve_device, tune_allocator
 
 
@@ -113,16 +114,7 @@ class Trainer:
         self.step, self.elapsed, self.best_val = 0, 0.0, math.inf
         self.signals = StopSignals(announce=self.progress)
         if self.dist.main:
-            try:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                save_config(cfg, self.run_dir / "config.yaml")
-                save_model_config(cfg.model, self.run_dir)
-                if tokenizer_path is not None and Path(tokenizer_path).resolve() != (self.run_dir / "tokenizer.json").resolve():
-                    with atomic_open(self.run_dir / "tokenizer.json", "wb") as f:
-                        f.write(Path(tokenizer_path).read_bytes())
-            except OSError as e:
-                raise LmlabError(f"cannot write in the run directory {self.run_dir} ({e.strerror}); make it "
-                                 "writable, free some disk space or choose another --out.") from None
+            start_run_dir(self.run_dir, cfg, tokenizer_path)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -283,7 +275,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
     """Build the model and data of `cfg` and train them into `run_dir` (or continue that run).
 
     `init` names a run (one `lmlab convert` imported, say) whose weights the new model starts from; its
-    config comes from `init_config`, and the data must have been prepared with that run's tokenizer.
+    config comes from `runs.init_config`, and the data must have been prepared with that run's tokenizer.
     """
     from .data import read_meta
     from .models import build_model, model_class
@@ -319,81 +311,3 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
     summary = trainer.fit()
     summary["parameters"] = sum(p.numel() for p in model.parameters())
     return summary
-
-
-def resume_config(run_dir: str | Path, overrides: dict[str, str] | None = None) -> Config:
-    """The config a run was started with (config.yaml), with optional overrides such as a longer max_iters."""
-    from .config import load_config
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise LmlabError(f"{run_dir} does not exist; --resume takes a run directory written by `lmlab train`.")
-    if not (run_dir / "config.yaml").is_file() or not (run_dir / STATE).is_file():
-        raise LmlabError(f"{run_dir} is not a resumable run (no config.yaml and {STATE}); "
-                         "--resume takes a run directory written by `lmlab train`.")
-    return load_config(run_dir / "config.yaml", overrides)
-
-
-# ---------------------------------------------------------------------------------- --init (fine-tuning)
-
-INIT_FREE = ("dropout",)  # model settings a fine-tune may change; everything else is the init run's architecture
-
-
-def init_config(init_run: str | Path, config_path: str | Path | None = None,
-                overrides: dict[str, str] | None = None) -> Config:
-    """The config of a new run that starts from `init_run`: its model config, the data and train sections of
-    `config_path` and the overrides. Model values that contradict the run's architecture are refused; dropout
-    may change, and block_size may shrink (learned positions are cropped)."""
-    import dataclasses
-
-    from .checkpoint import is_run_dir, load_model_config
-    from .config import build_dataclass, load_config, read_yaml
-
-    run = Path(init_run)
-    if not is_run_dir(run):
-        raise LmlabError(f"{run} is not a run directory (no config.json and model.safetensors); --init takes a run "
-                         "written by `lmlab train` or `lmlab convert`.")
-    base = load_model_config(run)
-    raw = read_yaml(config_path) if config_path is not None else {}
-    asked = dict(raw.get("model") or {})
-    asked.update({k.removeprefix("model."): v for k, v in (overrides or {}).items() if k.startswith("model.")})
-    requested = build_dataclass(type(base), asked, "model")  # unknown keys and bad types fail here
-    model = dataclasses.asdict(base)
-    for key in asked:
-        value, have = getattr(requested, key), model[key]
-        if key in INIT_FREE or (key == "block_size" and (value <= have or base.family != "gpt")):
-            model[key] = value
-        elif value != have and not (key == "vocab_size" and value == 0):
-            show = lambda v: str(v).lower() if isinstance(v, bool) else v  # noqa: E731 (as YAML writes it)
-            raise LmlabError(f"model.{key} {show(value)} conflicts with {run}, whose model has {key} {show(have)}; "
-                             f"--init takes the architecture from the run, so drop model.{key} from the config "
-                             "and overrides.")
-    rest = {k: v for k, v in (overrides or {}).items() if not k.startswith("model.")}
-    sections = {"model": model, "data": raw.get("data") or {}, "train": raw.get("train") or {}}
-    return load_config(None, rest, base=sections)
-
-
-def check_same_tokenizer(data_dir: str | Path, init_run: str | Path) -> None:
-    """The data must be token ids of the init run's tokenizer."""
-    from .files import read_json
-
-    data_tok, run_tok = Path(data_dir) / "tokenizer.json", Path(init_run) / "tokenizer.json"
-    for path in (data_tok, run_tok):
-        if not path.is_file():
-            raise LmlabError(f"{path} does not exist; --init needs the run's tokenizer and data prepared with it.")
-    if read_json(data_tok) != read_json(run_tok):
-        raise LmlabError(f"{data_dir} was prepared with another tokenizer than {init_run}'s; prepare the text "
-                         f"again with `lmlab prepare SOURCE --tokenizer {init_run} --out DIR`.")
-
-
-def load_init_weights(model: torch.nn.Module, init_run: str | Path) -> None:
-    """The init run's best weights (else its latest) into `model`; learned positions cropped to its block_size."""
-    from .checkpoint import read_weights
-
-    run = Path(init_run)
-    path = run / BEST if (run / BEST).is_file() else run / WEIGHTS
-    tensors, _ = read_weights(path)
-    block = getattr(model.cfg, "block_size", None)
-    if "wpe.weight" in tensors and block is not None and tensors["wpe.weight"].shape[0] > block:
-        tensors["wpe.weight"] = tensors["wpe.weight"][:block].contiguous()
-    load_state_into(model, tensors, path)
