@@ -1,8 +1,11 @@
-"""One Trainer for every torch model family: the model only has to provide `loss(batch)`.
+"""One Trainer for every torch model family: the model only has to provide `loss(batch)` (models.base.Trainable).
 
 AdamW with decay / no-decay groups, linear warmup then cosine decay (nanoGPT / GPT-3 schedule),
 global-norm gradient clipping, gradient accumulation, autocast, periodic evaluation with
 keep-best, atomic checkpoints, exact resume, progress bar, metrics.csv, TensorBoard, loss.png.
+The Trainer runs the loop; what it calls lives in the module that owns it: distributed.Parallel (DDP / FSDP and
+the state gathered from shards), resume.Checkpoints (trainer_state.pt, RNG, restore), report.MetricsLog
+(metrics.csv, TensorBoard), runtime (device, autocast, StopSignals), runs (the run directory, --init).
 
 The data object provides `batch(split, index)`, a pure function of its index, so a resumed run
 draws the same batches as an uninterrupted one; with the RNG state restored, its losses match.
@@ -35,7 +38,7 @@ from tqdm import tqdm
 from . import distributed
 from .checkpoint import STATE, check_resumable
 from .config import Config, TrainConfig
-from .data import ShardedData
+from .data import ShardedData, read_meta
 from .errors import LmlabError
 from .report import MetricsLog, plot_loss, truncate_metrics
 from .resume import Checkpoints
@@ -277,7 +280,6 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
     `init` names a run (one `lmlab convert` imported, say) whose weights the new model starts from; its
     config comes from `runs.init_config`, and the data must have been prepared with that run's tokenizer.
     """
-    from .data import read_meta
     from .models import build_model, model_class
 
     run_dir = Path(run_dir)
