@@ -24,7 +24,7 @@ import yaml
 import lmlab
 from lmlab.checkpoint import load_trainer_state, read_weights
 from lmlab.errors import LmlabError
-from lmlab.train import resume_config
+from lmlab.runs import resume_config
 
 from conftest import ENV, LMLAB, read_metrics, run_main, tree, write_config
 from test_train import no_temp_files, small_cfg

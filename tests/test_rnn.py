@@ -178,7 +178,7 @@ def test_each_cell_learns_on_the_shared_trainer(cell, char_data, tmp_path):
 
 def test_stop_and_resume_equals_uninterrupted(char_data, tmp_path):
     """The carried hidden state is part of trainer_state.pt, so a resumed run continues its streams exactly."""
-    from lmlab.train import resume_config
+    from lmlab.runs import resume_config
 
     kw = dict(lr_decay_iters=12, save_interval=3, eval_interval=4)
     lmlab.train(rnn_cfg(char_data, max_iters=12, **kw), tmp_path / "a", progress=False)

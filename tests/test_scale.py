@@ -19,7 +19,8 @@ import lmlab
 from lmlab.checkpoint import load_trainer_state
 from lmlab.data import TokenBlocks, TokenStreams, read_meta
 from lmlab.models import build_model
-from lmlab.train import Trainer, resume_config
+from lmlab.runs import resume_config
+from lmlab.train import Trainer
 
 from conftest import TINY_LSTM, cli, read_metrics, write_config
 from test_train import small_cfg

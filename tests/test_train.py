@@ -199,7 +199,7 @@ def test_stop_and_resume_equals_uninterrupted(char_data, tmp_path):
     kw = dict(model={"dropout": 0.1}, lr_decay_iters=12, save_interval=3, eval_interval=4)
     lmlab.train(small_cfg(char_data, max_iters=12, **kw), tmp_path / "a", progress=False)
     lmlab.train(small_cfg(char_data, max_iters=8, **kw), tmp_path / "b", progress=False)  # stop on an eval step
-    from lmlab.train import resume_config
+    from lmlab.runs import resume_config
 
     lmlab.train(resume_config(tmp_path / "b", {"train.max_iters": "12"}), tmp_path / "b", resume=True,
                 progress=False)
@@ -214,7 +214,7 @@ def test_resume_after_kill_between_the_two_checkpoint_files(char_data, tmp_path)
     run = tmp_path / "b"
     lmlab.train(small_cfg(char_data, max_iters=5, **kw), run, progress=False)
     shutil.copy(run / "trainer_state.pt", tmp_path / "state-5.pt")
-    from lmlab.train import resume_config
+    from lmlab.runs import resume_config
 
     lmlab.train(resume_config(run, {"train.max_iters": "10"}), run, resume=True, progress=False)
     # As if killed at step 10 after the new weights were renamed into place but before the new state was:
@@ -229,7 +229,7 @@ def test_resume_drops_a_half_written_metrics_row(char_data, tmp_path):
     lmlab.train(small_cfg(char_data, max_iters=6, save_interval=3, eval_interval=3), run, progress=False)
     with open(run / "metrics.csv", "a") as f:
         f.write("1")  # the first byte of a row "1x,..." that was being written when the process died
-    from lmlab.train import resume_config
+    from lmlab.runs import resume_config
 
     lmlab.train(resume_config(run, {"train.max_iters": "8"}), run, resume=True, progress=False)
     steps = [int(r["step"]) for r in read_metrics(run / "metrics.csv")]
@@ -249,7 +249,7 @@ def test_failed_resume_leaves_the_run_untouched(char_data, tmp_path):
     lmlab.train(small_cfg(char_data, max_iters=4, save_interval=2, eval_interval=2), run, progress=False)
     (run / "trainer_state.pt").write_bytes(b"not a checkpoint")
     before = tree(run)
-    from lmlab.train import resume_config
+    from lmlab.runs import resume_config
 
     with pytest.raises(LmlabError, match="corrupt"):
         lmlab.train(resume_config(run, {"train.max_iters": "8"}), run, resume=True, progress=False)
@@ -344,7 +344,7 @@ def test_resume_removes_temp_files_left_by_a_kill_during_a_save(char_data, tmp_p
     lmlab.train(small_cfg(char_data, max_iters=4, save_interval=2, eval_interval=2), run, progress=False)
     orphan = run / ".model.safetensors.k1ll3d.tmp"  # what atomic_open leaves when SIGKILL lands mid-write
     orphan.write_bytes(b"half a file")
-    from lmlab.train import resume_config
+    from lmlab.runs import resume_config
 
     lmlab.train(resume_config(run, {"train.max_iters": "6"}), run, resume=True, progress=False)
     assert not orphan.exists() and no_temp_files(run)

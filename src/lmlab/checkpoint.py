@@ -107,6 +107,17 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> int:
     return int(meta.get("step", 0))
 
 
+def weights_step(path: Path) -> int | None:
+    """The step stored in a safetensors file's metadata (None if it is missing or unreadable)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return int((f.metadata() or {}).get("step", -1))
+    except Exception:
+        return None
+
+
 def _is_tied(model, name: str) -> bool:
     target = model.state_dict()[name]
     return any(t.data_ptr() == target.data_ptr() for n, t in model.state_dict().items() if n != name)

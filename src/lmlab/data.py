@@ -1,4 +1,4 @@
-"""Text -> token ids on disk (`prepare`), and training batches from them (`TokenBlocks`, `TokenStreams`).
+"""Text -> token ids on disk (`prepare`), and training batches from them (`TokenBlocks`, `TokenStreams`: ShardedData).
 
 `prepare(source, out_dir)` writes, nanoGPT style:
   train.bin, val.bin   raw NumPy arrays of token ids (uint16 when the vocabulary fits, else uint32)
@@ -28,7 +28,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 from tqdm import tqdm
@@ -377,6 +377,15 @@ class TokenBlocks(_SplitBatches):
         return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
 
 
+@runtime_checkable
+class ShardedData(Protocol):
+    """Training data that several processes split between them (TokenStreams: each process its own streams, whose
+    state its model carries) rather than each reading every world-th batch of the whole."""
+
+    def shard(self, rank: int, world: int) -> "ShardedData":
+        """Process `rank`'s part of the data of a run with `world` processes."""
+
+
 class TokenStreams(_SplitBatches):
     """Contiguous chunks for truncated BPTT (PyTorch's word_language_model `batchify` + `get_batch`).
 
@@ -385,7 +394,7 @@ class TokenStreams(_SplitBatches):
     continues row r of batch i and a recurrent model can carry its hidden state across them.
     `batch(split, index)` returns (x, y, reset): reset is true on the first chunk of an epoch, where the
     streams start over and the carried state must be zeroed. A pure function of the index (the seed is
-    unused: nothing is random), so training resumes exactly at any step.
+    unused: nothing is random), so training resumes exactly at any step. It is ShardedData.
     """
 
     rank, world = 0, 1  # a shard of a several-process run reads streams rank*batch_size ... (see shard)

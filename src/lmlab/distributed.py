@@ -3,15 +3,19 @@
 `torchrun --nproc_per_node N -m lmlab train ...` starts N copies of the same command with RANK, LOCAL_RANK and
 WORLD_SIZE in their environment; `setup` joins them into one process group (NCCL between GPUs, gloo on CPU).
 Without those variables (a plain `lmlab train`) there is one process and nothing here talks to anyone.
+`Parallel` is the model as the training step runs it (DDP or FSDP), and its state gathered to rank 0 for a checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from .checkpoint import check_shapes, load_state_into, unique_state_dict
 from .errors import LmlabError
 
 STRATEGIES = ("auto", "single", "ddp", "fsdp")
@@ -150,3 +154,92 @@ def wrap(model: torch.nn.Module, dist: Dist, device: torch.device) -> torch.nn.M
         fully_shard(blocks[name])
     fully_shard(step)
     return step
+
+
+class Parallel:
+    """The model as this process trains it: `module` (LossModule(model), under DDP or FSDP with several processes),
+    and the model and optimizer state as one process would hold it, gathered from FSDP's shards to rank 0 and
+    loaded back into them, so a checkpoint resumes with any number of processes and either strategy."""
+
+    def __init__(self, model: torch.nn.Module, dist: Dist, device: torch.device):
+        self.model, self.dist = model, dist
+        self.module = wrap(model, dist, device)
+        self.fsdp = dist.world > 1 and dist.strategy == "fsdp"
+
+    def no_sync(self, skip: bool):
+        """Skip the gradient all-reduce of the micro-batches before the last one of a step."""
+        if not skip or self.dist.world == 1:
+            return contextlib.nullcontext()
+        if self.fsdp:
+            return _fsdp_no_sync(self.module)
+        return self.module.no_sync()
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        """The whole model's tensors (tied ones once) on rank 0; under FSDP gathered from the shards (every rank
+        must call this; ranks other than 0 get {})."""
+        if not self.fsdp:
+            return unique_state_dict(self.model)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        keep = unique_state_dict(self.model, keep_device=True).keys()
+        return {k: v for k, v in full.items() if k in keep} if self.dist.main else {}
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict:
+        """optimizer.state_dict() as one process would write it (parameters numbered in group order); under FSDP
+        gathered from the shards, so any number of processes with any strategy can load it."""
+        if not self.fsdp:
+            return optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        full = get_optimizer_state_dict(self.model, optimizer,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not self.dist.main:
+            return {}
+        index, groups = {}, []
+        for group in full["param_groups"]:
+            ids = [index.setdefault(fqn, len(index)) for fqn in group["params"]]
+            groups.append({**group, "params": ids})
+        return {"state": {index[k]: v for k, v in full["state"].items()}, "param_groups": groups}
+
+    def load_model_state(self, tensors: dict, source: Path, model_cfg) -> None:
+        """Load one process's full state dict (a checkpoint's) into the model, or into this rank's FSDP shards."""
+        if not self.fsdp:
+            load_state_into(self.model, tensors, source)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        check_shapes(tensors, model_cfg, source, None, "the config")
+        set_model_state_dict(self.model, tensors, options=StateDictOptions(full_state_dict=True, strict=False))
+
+    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict) -> None:
+        if not self.fsdp:
+            optimizer.load_state_dict(state)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        fqn = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+        full = {"state": {fqn[i]: v for i, v in state["state"].items()},
+                "param_groups": [{**g, "params": [fqn[i] for i in g["params"]]} for g in state["param_groups"]]}
+        set_optimizer_state_dict(self.model, optimizer, full, options=StateDictOptions(full_state_dict=True))
+
+    def close(self) -> None:
+        """Leave the process group. DDP's reducer goes first: were it the last holder of the gloo process group,
+        its destructor would join gloo's threads while holding the GIL, and a thread still freeing a finished
+        collective's Python tensors would wait for that GIL forever (a rare hang seen at exit)."""
+        if self.dist.world > 1 and not self.fsdp:
+            import gc
+
+            self.module = LossModule(self.model)
+            gc.collect()
+        self.dist.close()
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(module):
+    module.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        module.set_requires_gradient_sync(True)

@@ -1,11 +1,83 @@
-"""Tables and plots: loss curves (loss.png), the compare chart and curves, Markdown tables for the terminal."""
+"""A training run's metrics log (metrics.csv, TensorBoard), and tables and plots: loss curves (loss.png), the
+compare chart and curves, Markdown tables for the terminal."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 from pathlib import Path
 
 from .files import atomic_open
+
+METRIC_FIELDS = ["step", "train_loss", "val_loss", "lr", "tokens_per_sec", "elapsed_s"]
+
+
+class MetricsLog:
+    """metrics.csv (a row per step, the evaluation before the first step a row of its own) and TensorBoard scalars
+    (loss/train, loss/val, lr) in `run_dir`, written by rank 0 only: with main False every call does nothing.
+    A run that continues at `step` > 0 appends to its rows (truncate_metrics has dropped those past it)."""
+
+    def __init__(self, run_dir: Path, step: int, tensorboard: bool, main: bool):
+        self.file = self.rows = self.tb = None
+        if not main:
+            return
+        path = run_dir / "metrics.csv"
+        new = step == 0 or not path.exists()  # a fresh run never appends to an earlier attempt's rows
+        self.file = open(path, "w" if new else "a", newline="")
+        self.rows = csv.DictWriter(self.file, fieldnames=METRIC_FIELDS)
+        if new:
+            self.rows.writeheader()
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=step or None)
+            except BaseException:
+                self.close()
+                raise
+
+    def evaluation(self, step: int, val: float, elapsed: float) -> None:
+        """A validation loss; at step 0 (before training) its own row, later ones go into their step's row."""
+        if self.tb:
+            self.tb.add_scalar("loss/val", val, step)
+        if self.rows is not None and step == 0:
+            self.rows.writerow({"step": step, "val_loss": f"{val:.6f}", "elapsed_s": f"{elapsed:.3f}"})
+
+    def train_step(self, step: int, loss: float, lr: float, tokens_per_sec: float, elapsed: float,
+                   val: float | None) -> None:
+        if self.rows is not None:
+            row = {"step": step, "train_loss": f"{loss:.6f}", "lr": f"{lr:.6g}",
+                   "tokens_per_sec": f"{tokens_per_sec:.1f}", "elapsed_s": f"{elapsed:.3f}"}
+            if val is not None:
+                row["val_loss"] = f"{val:.6f}"
+            self.rows.writerow(row)
+        if self.tb:
+            self.tb.add_scalar("loss/train", loss, step)
+            self.tb.add_scalar("lr", lr, step)
+
+    def flush(self) -> None:
+        if self.file is not None:
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            with contextlib.suppress(OSError):
+                self.file.close()
+        if self.tb:
+            self.tb.close()
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop the rows of metrics.csv written after `step`, the checkpoint a run resumes from (they will be redone)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        # A kill can leave a half-written last row: keep only complete rows up to the checkpoint.
+        rows = [r for r in csv.DictReader(f) if r.get("elapsed_s") and r["step"].isdigit() and int(r["step"]) <= step]
+    with atomic_open(path, "w") as f:
+        writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def read_metrics(path: str | Path) -> dict[str, list[tuple[int, float]]]:

@@ -1,8 +1,11 @@
-"""One Trainer for every torch model family: the model only has to provide `loss(batch)`.
+"""One Trainer for every torch model family: the model only has to provide `loss(batch)` (models.base.Trainable).
 
 AdamW with decay / no-decay groups, linear warmup then cosine decay (nanoGPT / GPT-3 schedule),
 global-norm gradient clipping, gradient accumulation, autocast, periodic evaluation with
 keep-best, atomic checkpoints, exact resume, progress bar, metrics.csv, TensorBoard, loss.png.
+The Trainer runs the loop; what it calls lives in the module that owns it: distributed.Parallel (DDP / FSDP and
+the state gathered from shards), resume.Checkpoints (trainer_state.pt, RNG, restore), report.MetricsLog
+(metrics.csv, TensorBoard), runtime (device, autocast, StopSignals), runs (the run directory, --init).
 
 The data object provides `batch(split, index)`, a pure function of its index, so a resumed run
 draws the same batches as an uninterrupted one; with the RNG state restored, its losses match.
@@ -23,14 +26,9 @@ disk, no permission) is a clear error that keeps the previous checkpoint.
 """
 from __future__ import annotations
 
-import contextlib
-import csv
-import dataclasses
 import math
-import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -38,14 +36,15 @@ import torch
 from tqdm import tqdm
 
 from . import distributed
-from .checkpoint import (BEST, STATE, WEIGHTS, check_resumable, check_shapes, load_state_into, load_trainer_state,
-                         save_model_config, save_trainer_state, save_weights, unique_state_dict)
-from .config import Config, TrainConfig, save_config
+from .checkpoint import STATE, check_resumable
+from .config import Config, TrainConfig
+from .data import ShardedData, read_meta
 from .errors import LmlabError
-from .files import atomic_open, remove_stale_temp_files
-from .runtime import tune_allocator
-
-METRIC_FIELDS = ["step", "train_loss", "val_loss", "lr", "tokens_per_sec", "elapsed_s"]
+from .report import MetricsLog, plot_loss, truncate_metrics
+from .resume import Checkpoints
+from .runs import check_same_tokenizer, load_init_weights, start_run_dir
+from .runs import init_config, resume_config  # noqa: F401 (cli.py still imports them from lmlab.train)
+from .runtime import StopSignals, autocast_context, resolve_device, tune_allocator
 
 
 def lr_at(step: int, t: TrainConfig) -> float:
@@ -66,30 +65,6 @@ def build_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.AdamW
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     # One fused kernel per step instead of a loop over tensors; the fused CPU kernel exists since torch 2.4.
     return torch.optim.AdamW(groups, lr=t.learning_rate, betas=(t.beta1, t.beta2), fused=True)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise LmlabError(f"device {name!r} was requested but this machine has no CUDA GPU; "
-                         "use --train.device cpu.")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise LmlabError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto.") from None
-
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def autocast_context(device: torch.device, precision: str):
-    """fp32: nothing; bf16: autocast on CPU or GPU; fp16: autocast on a GPU (with a GradScaler, see Trainer)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "fp16" and device.type != "cuda":
-        raise LmlabError("train.precision fp16 needs a CUDA GPU (with a gradient scaler); use bf16 or fp32 on CPU.")
-    return torch.autocast(device.type, dtype=PRECISIONS[precision])
 
 
 def count_tokens(batch) -> int:
@@ -128,218 +103,33 @@ class Trainer:
         self.model = model.to(self.device)
         if self.t.compile:
             model.compile()  # compiles the module's __call__, so loss() runs the compiled forward
-        self.step_module = distributed.wrap(self.model, self.dist, self.device)
-        self.fsdp = self.dist.world > 1 and self.dist.strategy == "fsdp"
+        self.parallel = distributed.Parallel(self.model, self.dist, self.device)
         self.optimizer = build_optimizer(model, self.t)  # after wrapping: FSDP replaced the parameters
         self.autocast = autocast_context(self.device, self.t.precision)
         self.scaler = torch.amp.GradScaler("cuda") if self.t.precision == "fp16" else None
-        # Several processes: a data source that carries state between batches (TokenStreams) is cut into per-rank
-        # streams; any other one is read at global micro-batch indices, rank r taking every world-th (see
+        self.checkpoints = Checkpoints(self.run_dir, cfg, self.parallel, self.optimizer, self.scaler, self.device)
+        # Several processes: ShardedData (TokenStreams, whose state carries between batches) is cut into per-rank
+        # streams; any other data is read at global micro-batch indices, rank r taking every world-th (see
         # _micro_index), so the processes together read what one process with grad_accum x world would.
-        self.sharded = self.dist.world > 1 and hasattr(data, "shard")
+        self.sharded = self.dist.world > 1 and isinstance(data, ShardedData)
         self.data = data.shard(self.dist.rank, self.dist.world) if self.sharded else data
         self.progress = progress and self.dist.main
         self.step, self.elapsed, self.best_val = 0, 0.0, math.inf
-        self.saved_step: int | None = None  # step of the checkpoint on disk, for error messages
-        self.tb = None
-        self._stop_signal: int | None = None
+        self.signals = StopSignals(announce=self.progress)
         if self.dist.main:
-            try:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                save_config(cfg, self.run_dir / "config.yaml")
-                save_model_config(cfg.model, self.run_dir)
-                if tokenizer_path is not None and Path(tokenizer_path).resolve() != (self.run_dir / "tokenizer.json").resolve():
-                    with atomic_open(self.run_dir / "tokenizer.json", "wb") as f:
-                        f.write(Path(tokenizer_path).read_bytes())
-            except OSError as e:
-                raise LmlabError(f"cannot write in the run directory {self.run_dir} ({e.strerror}); make it "
-                                 "writable, free some disk space or choose another --out.") from None
+            start_run_dir(self.run_dir, cfg, tokenizer_path)
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _model_state(self) -> dict[str, torch.Tensor]:
-        """The whole model's tensors (tied ones once) on rank 0; under FSDP gathered from the shards (every rank
-        must call this; ranks other than 0 get {})."""
-        if not self.fsdp:
-            return unique_state_dict(self.model)
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        keep = unique_state_dict(self.model, keep_device=True).keys()
-        return {k: v for k, v in full.items() if k in keep} if self.dist.main else {}
-
-    def _optimizer_state(self) -> dict:
-        """optimizer.state_dict() as one process would write it (parameters numbered in group order); under FSDP
-        gathered from the shards, so any number of processes with any strategy can load it."""
-        if not self.fsdp:
-            return self.optimizer.state_dict()
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-        full = get_optimizer_state_dict(self.model, self.optimizer,
-                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if not self.dist.main:
-            return {}
-        index, groups = {}, []
-        for group in full["param_groups"]:
-            ids = [index.setdefault(fqn, len(index)) for fqn in group["params"]]
-            groups.append({**group, "params": ids})
-        return {"state": {index[k]: v for k, v in full["state"].items()}, "param_groups": groups}
-
-    def _load_optimizer_state(self, state: dict) -> None:
-        if not self.fsdp:
-            self.optimizer.load_state_dict(state)
-            return
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-        names = {id(p): n for n, p in self.model.named_parameters()}
-        fqn = [names[id(p)] for g in self.optimizer.param_groups for p in g["params"]]
-        full = {"state": {fqn[i]: v for i, v in state["state"].items()},
-                "param_groups": [{**g, "params": [fqn[i] for i in g["params"]]} for g in state["param_groups"]]}
-        set_optimizer_state_dict(self.model, self.optimizer, full, options=StateDictOptions(full_state_dict=True))
-
-    def _load_model_state(self, tensors: dict, source: Path) -> None:
-        if not self.fsdp:
-            load_state_into(self.model, tensors, source)
-            return
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-        check_shapes(tensors, self.cfg.model, source, None, "the config")
-        set_model_state_dict(self.model, tensors, options=StateDictOptions(full_state_dict=True, strict=False))
-
-    def _write(self, what, path: Path) -> None:
-        """Run a write on rank 0; a failure (disk full, no permission) becomes one clear error on every rank,
-        and the file it was replacing stays as it was (atomic_open)."""
-        message = None
-        if self.dist.main:
-            try:
-                what()
-            except OSError as e:
-                kept = (f"the previous checkpoint (step {self.saved_step}) is kept" if self.saved_step is not None
-                        else "no earlier checkpoint exists")
-                message = (f"could not write {path} ({e.strerror or e}); {kept}. Free some disk space or make "
-                           f"{self.run_dir} writable, then continue with `lmlab train --resume {self.run_dir}`.")
-        message = self.dist.broadcast_object(message)
-        if message:
-            raise LmlabError(message)
-
     def save_checkpoint(self) -> None:
-        """trainer_state.pt (the whole resume point, weights included: one atomic file), then model.safetensors.
-
-        A kill between the two renames leaves a consistent trainer_state.pt to resume from. With several
-        processes, rank 0 writes one full (unsharded) state: FSDP shards are gathered first (full-state gather),
-        and each rank's RNG state and carried state are collected, so a run resumes with any number of processes.
-        """
-        model_state, optimizer_state = self._model_state(), self._optimizer_state()
-        rng = self.dist.gather_objects(torch.get_rng_state())
-        multi_gpu = self.dist.world > 1 and self.device.type == "cuda"
-        rng_gpu = self.dist.gather_objects(torch.cuda.get_rng_state(self.device).cpu()) if multi_gpu else None
-        carried = self.model.carried_state() if hasattr(self.model, "carried_state") else None
-        carried_ranks = self.dist.gather_objects(carried) if carried is not None else None
-        if not self.dist.main:
-            self._write(lambda: None, self.run_dir / STATE)  # take part in the error broadcast
-            self._write(lambda: None, self.run_dir / WEIGHTS)
-            self.saved_step = self.step
-            return
-        state = {"step": self.step, "elapsed": self.elapsed, "best_val": self.best_val,
-                 "model": model_state, "optimizer": optimizer_state, "rng_cpu": rng[0],
-                 "config": self.cfg.to_dict(), "world_size": self.dist.world, "strategy": self.dist.strategy,
-                 "global_batch": self.global_batch}
-        if self.dist.world > 1:
-            state["rng_cpu_ranks"] = rng
-        if torch.cuda.is_available() and self.dist.world == 1:
-            state["rng_cuda"] = torch.cuda.get_rng_state_all()
-        if rng_gpu is not None:
-            state["rng_cuda_ranks"] = rng_gpu  # each process's GPU (dropout on the GPU draws from it)
-        if self.scaler is not None:
-            state["scaler"] = self.scaler.state_dict()
-        if carried is not None:  # e.g. an RNN's hidden state carried into the next batch
-            state["carried"] = carried
-            if self.dist.world > 1:
-                state["carried_ranks"] = carried_ranks
-        self._write(lambda: save_trainer_state(state, self.run_dir / STATE), self.run_dir / STATE)
-        self._write(lambda: save_weights(model_state, self.run_dir / WEIGHTS, self.step,
-                                         dataclasses.asdict(self.cfg.model)), self.run_dir / WEIGHTS)
-        self.saved_step = self.step
-
-    @property
-    def global_batch(self) -> int:
-        """Sequences per optimizer step over all processes."""
-        return self.t.batch_size * self.t.grad_accum * self.dist.world
+        """trainer_state.pt (the whole resume point), then model.safetensors (see lmlab.resume)."""
+        self.checkpoints.save(self.step, self.elapsed, self.best_val)
 
     def resume(self) -> None:
         """Restore model, optimizer, step and RNG from the run directory's last checkpoint (on every rank)."""
+        self.step, self.elapsed, self.best_val = self.checkpoints.restore()
         if self.dist.main:
-            remove_stale_temp_files(self.run_dir)  # a kill -9 during a save leaves its temp file behind
-        self.dist.barrier()
-        path = self.run_dir / STATE
-        state = load_trainer_state(path)
-        self._load_model_state(state["model"], path)
-        self._load_optimizer_state(state["optimizer"])
-        saved_world = state.get("world_size", 1)
-        rank_rngs = state.get("rng_cpu_ranks", [state["rng_cpu"]])
-        if self.dist.rank < len(rank_rngs):
-            torch.set_rng_state(rank_rngs[self.dist.rank])
-        else:  # more processes than the run had: a fresh, distinct stream for this rank
-            torch.manual_seed(self.t.seed + 1_000_003 * self.dist.rank + state["step"])
-        if "rng_cuda" in state and torch.cuda.is_available() and self.dist.world == 1:
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
-        gpu_rngs = state.get("rng_cuda_ranks", [])
-        if self.device.type == "cuda" and self.dist.world > 1 and self.dist.rank < len(gpu_rngs):
-            torch.cuda.set_rng_state(gpu_rngs[self.dist.rank], self.device)
-        if self.scaler is not None and "scaler" in state:
-            self.scaler.load_state_dict(state["scaler"])
-        if hasattr(self.model, "load_carried_state"):
-            carried = state.get("carried_ranks", [state.get("carried", {})])
-            # The streams are laid out per process count: another count starts them from zero state.
-            same = saved_world == self.dist.world
-            self.model.load_carried_state(carried[self.dist.rank] if same else {})
-        self.step, self.elapsed, self.best_val = state["step"], state["elapsed"], state["best_val"]
-        self.saved_step = self.step
-        # A kill between the two renames of a save leaves model.safetensors a step behind: bring it level now.
-        weights = self.run_dir / WEIGHTS
-        self._write(lambda: weights_step(weights) == self.step or save_weights(
-            state["model"], weights, self.step, dataclasses.asdict(self.cfg.model)), weights)
-        if self.dist.main:
-            self._truncate_metrics(self.step)
-            before = state.get("global_batch", self.global_batch)
-            if saved_world != self.dist.world and before != self.global_batch:
-                print(f"note: {path} was written by {saved_world} process(es) with {before} sequences per step; "
-                      f"{self.dist.world} process(es) now take {self.global_batch}. Set --train.grad_accum so that "
-                      f"batch_size x grad_accum x processes = {before} to keep the same training.", file=sys.stderr)
-
-    # ------------------------------------------------------------------ metrics
-
-    def _truncate_metrics(self, step: int) -> None:
-        """Drop metric rows written after the checkpoint we resume from (they will be redone)."""
-        path = self.run_dir / "metrics.csv"
-        if not path.exists():
-            return
-        with open(path, newline="") as f:
-            # A kill can leave a half-written last row: keep only complete rows up to the checkpoint.
-            rows = [r for r in csv.DictReader(f)
-                    if r.get("elapsed_s") and r["step"].isdigit() and int(r["step"]) <= step]
-        with atomic_open(path, "w") as f:
-            writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    def _open_metrics(self):
-        if not self.dist.main:
-            return None, None
-        path = self.run_dir / "metrics.csv"
-        new = self.step == 0 or not path.exists()  # a fresh run never appends to an earlier attempt's rows
-        f = open(path, "w" if new else "a", newline="")
-        writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
-        if new:
-            writer.writeheader()
-        return f, writer
-
-    def _open_tensorboard(self):
-        if not self.t.tensorboard or not self.dist.main:
-            return None
-        from torch.utils.tensorboard import SummaryWriter
-
-        return SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step or None)
+            truncate_metrics(self.run_dir / "metrics.csv", self.step)
 
     # ------------------------------------------------------------------ loop
 
@@ -356,8 +146,8 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> float:
         """Mean loss over the fixed validation batches (over every process's batches)."""
-        self.step_module.eval()
-        forward = self.step_module if self.fsdp else self.model.loss  # FSDP must gather the shards
+        self.parallel.module.eval()
+        forward = self.parallel.module if self.parallel.fsdp else self.model.loss  # FSDP must gather the shards
         losses = []
         for i, counts in self._eval_indices():
             batch = self._to_device(self.data.batch("val", i))
@@ -365,7 +155,7 @@ class Trainer:
                 loss = forward(batch).item()
             if counts:
                 losses.append(loss)
-        self.step_module.train()
+        self.parallel.module.train()
         if self.dist.world == 1:
             return sum(losses) / len(losses)
         total, count = self.dist.all_reduce_sum([sum(losses), len(losses)])
@@ -381,14 +171,6 @@ class Trainer:
         local = self.step * self.t.grad_accum + micro
         return local if self.sharded else local * self.dist.world + self.dist.rank
 
-    def _no_sync(self, skip: bool):
-        """Skip the gradient all-reduce of the micro-batches before the last one of a step."""
-        if not skip or self.dist.world == 1:
-            return contextlib.nullcontext()
-        if self.fsdp:
-            return _fsdp_no_sync(self.step_module)
-        return self.step_module.no_sync()
-
     def _train_step(self) -> tuple[float, int, bool]:
         """One optimizer step over grad_accum micro-batches; returns (mean loss over every process, tokens over
         every process, whether some process received SIGINT / SIGTERM)."""
@@ -398,9 +180,9 @@ class Trainer:
         total, tokens = 0.0, 0
         for micro in range(self.t.grad_accum):
             batch = self._to_device(self.data.batch("train", self._micro_index(micro)))
-            with self._no_sync(micro < self.t.grad_accum - 1):
+            with self.parallel.no_sync(micro < self.t.grad_accum - 1):
                 with self.autocast:
-                    loss = self.step_module(batch) / self.t.grad_accum
+                    loss = self.parallel.module(batch) / self.t.grad_accum
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             total += loss.item()
             tokens += count_tokens(batch)
@@ -414,7 +196,7 @@ class Trainer:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        stop = self._stop_signal is not None
+        stop = self.signals.received is not None
         if self.dist.world > 1:  # one all-reduce: the mean loss, the tokens, and any process's stop request
             total, tokens, stops = self.dist.all_reduce_sum([total, tokens, float(stop)])
             total, tokens, stop = total / self.dist.world, int(tokens), stops > 0
@@ -427,130 +209,68 @@ class Trainer:
         every = self.t.save_interval or self.t.eval_interval
         return self.step % every == 0 or self.step == self.t.max_iters
 
-    def _on_signal(self, signum, frame) -> None:
-        # A second Ctrl-C quits at once; not under torchrun, which passes the terminal's Ctrl-C on once more
-        # (and kills its workers itself if they take too long).
-        if self._stop_signal is not None and signum == signal.SIGINT and distributed.launched_world() == 1 \
-                and "LOCAL_RANK" not in os.environ:
-            raise KeyboardInterrupt
-        self._stop_signal = signum
-        if self.progress:
-            print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
-                  "(Ctrl-C again to quit without saving)", file=sys.stderr)
-
-    def _catch_signals(self) -> dict:
-        """SIGINT and SIGTERM only set a flag; fit saves a checkpoint after the step in progress and stops."""
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-        return {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-
     def fit(self) -> dict:
         """Train until max_iters; return a summary (final/best val loss, tokens/s, wall time)."""
-        self.step_module.train()
-        handlers, metrics_file, bar = {}, None, None
-        run_tokens, run_time, val = 0, 0.0, None
+        self.parallel.module.train()
+        log = bar = None
         try:
-            metrics_file, metrics = self._open_metrics()
-            self.tb = self._open_tensorboard()
+            log = MetricsLog(self.run_dir, self.step, self.t.tensorboard, self.dist.main)
             bar = tqdm(total=self.t.max_iters, initial=self.step, disable=not self.progress, file=sys.stderr,
                        dynamic_ncols=True, desc="train", unit="step")
-            handlers = self._catch_signals()
-            if self.step == 0:
-                self._log_eval(metrics, bar)
-            while self.step < self.t.max_iters:
-                start = time.perf_counter()
-                loss, tokens, stop = self._train_step()
-                if not math.isfinite(loss):
-                    raise LmlabError(f"training diverged at step {self.step + 1} (loss {loss}); "
-                                     "lower train.learning_rate or raise train.warmup_iters.")
-                took = time.perf_counter() - start
-                self.step += 1
-                self.elapsed += took
-                run_tokens, run_time = run_tokens + tokens, run_time + took
-                lr = lr_at(self.step - 1, self.t)
-                row = {"step": self.step, "train_loss": f"{loss:.6f}", "lr": f"{lr:.6g}",
-                       "tokens_per_sec": f"{tokens / took:.1f}", "elapsed_s": f"{self.elapsed:.3f}"}
-                if self._should_eval():
-                    val = self._log_eval(None, bar)
-                    row["val_loss"] = f"{val:.6f}"
-                if metrics is not None:
-                    metrics.writerow(row)
-                if self.tb:
-                    self.tb.add_scalar("loss/train", loss, self.step)
-                    self.tb.add_scalar("lr", lr, self.step)
-                if self.step % self.t.log_interval == 0 or self.step == self.t.max_iters:
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{run_tokens / run_time:,.0f}")
-                bar.update(1)
-                if self._should_save() or stop:
-                    self._write(lambda: metrics_file.flush(), self.run_dir / "metrics.csv")  # rank 0 only
-                    self.save_checkpoint()
-                if stop:
-                    raise Interrupted(self._stop_signal or signal.SIGTERM, self.step, self.run_dir)
+            with self.signals:
+                val, run_tokens, run_time = self._loop(log, bar)
         finally:
-            for s, h in handlers.items():
-                signal.signal(s, h)
             if bar is not None:
                 bar.close()
-            if metrics_file is not None:
-                with contextlib.suppress(OSError):
-                    metrics_file.close()
-            if self.tb:
-                self.tb.close()
-            self._end_distributed()
+            if log is not None:
+                log.close()
+            self.parallel.close()
         if self.dist.main:
-            from .report import plot_loss
-
             plot_loss(self.run_dir / "metrics.csv", self.run_dir / "loss.png")
         return {"step": self.step, "val_loss": val, "best_val_loss": self.best_val,
                 "tokens_per_sec": run_tokens / run_time if run_time else 0.0, "train_seconds": self.elapsed}
 
-    def _end_distributed(self) -> None:
-        """Leave the process group. DDP's reducer goes first: were it the last holder of the gloo process group,
-        its destructor would join gloo's threads while holding the GIL, and a thread still freeing a finished
-        collective's Python tensors would wait for that GIL forever (a rare hang seen at exit)."""
-        if self.dist.world > 1 and not self.fsdp:
-            import gc
+    def _loop(self, log: MetricsLog, bar) -> tuple[float | None, int, float]:
+        """The steps up to max_iters, after an evaluation when the run starts; returns the last validation loss,
+        and the tokens and seconds this call trained."""
+        run_tokens, run_time, val = 0, 0.0, None
+        if self.step == 0:
+            self._log_eval(log, bar)
+        while self.step < self.t.max_iters:
+            start = time.perf_counter()
+            loss, tokens, stop = self._train_step()
+            if not math.isfinite(loss):
+                raise LmlabError(f"training diverged at step {self.step + 1} (loss {loss}); "
+                                 "lower train.learning_rate or raise train.warmup_iters.")
+            took = time.perf_counter() - start
+            self.step += 1
+            self.elapsed += took
+            run_tokens, run_time = run_tokens + tokens, run_time + took
+            lr = lr_at(self.step - 1, self.t)
+            evaluated = self._should_eval()
+            if evaluated:
+                val = self._log_eval(log, bar)
+            log.train_step(self.step, loss, lr, tokens / took, self.elapsed, val if evaluated else None)
+            if self.step % self.t.log_interval == 0 or self.step == self.t.max_iters:
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{run_tokens / run_time:,.0f}")
+            bar.update(1)
+            if self._should_save() or stop:
+                self.checkpoints.write(log.flush, self.run_dir / "metrics.csv")
+                self.save_checkpoint()
+            if stop:
+                raise Interrupted(self.signals.received or signal.SIGTERM, self.step, self.run_dir)
+        return val, run_tokens, run_time
 
-            self.step_module = distributed.LossModule(self.model)
-            gc.collect()
-        self.dist.close()
-
-    def _log_eval(self, metrics, bar) -> float:
+    def _log_eval(self, log: MetricsLog, bar) -> float:
         val = self.evaluate()
-        if self.tb:
-            self.tb.add_scalar("loss/val", val, self.step)
-        if metrics is not None:  # the evaluation before the first step
-            metrics.writerow({"step": self.step, "val_loss": f"{val:.6f}", "elapsed_s": f"{self.elapsed:.3f}"})
+        log.evaluation(self.step, val, self.elapsed)
         if val < self.best_val:
             self.best_val = val
             if self.t.keep_best and self.step > 0:
-                weights = self._model_state()
-                self._write(lambda: save_weights(weights, self.run_dir / BEST, self.step,
-                                                 dataclasses.asdict(self.cfg.model)), self.run_dir / BEST)
+                self.checkpoints.save_best(self.step)
         if self.progress:
             bar.write(f"step {self.step}: val loss {val:.4f} (best {self.best_val:.4f})", file=sys.stderr)
         return val
-
-
-def weights_step(path: Path) -> int | None:
-    """The step stored in a safetensors file's metadata (None if it is missing or unreadable)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return int((f.metadata() or {}).get("step", -1))
-    except Exception:
-        return None
-
-
-@contextlib.contextmanager
-def _fsdp_no_sync(module):
-    module.set_requires_gradient_sync(False)
-    try:
-        yield
-    finally:
-        module.set_requires_gradient_sync(True)
-
 
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = True,
@@ -558,9 +278,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
     """Build the model and data of `cfg` and train them into `run_dir` (or continue that run).
 
     `init` names a run (one `lmlab convert` imported, say) whose weights the new model starts from; its
-    config comes from `init_config`, and the data must have been prepared with that run's tokenizer.
+    config comes from `runs.init_config`, and the data must have been prepared with that run's tokenizer.
     """
-    from .data import read_meta
     from .models import build_model, model_class
 
     run_dir = Path(run_dir)
@@ -594,81 +313,3 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
     summary = trainer.fit()
     summary["parameters"] = sum(p.numel() for p in model.parameters())
     return summary
-
-
-def resume_config(run_dir: str | Path, overrides: dict[str, str] | None = None) -> Config:
-    """The config a run was started with (config.yaml), with optional overrides such as a longer max_iters."""
-    from .config import load_config
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise LmlabError(f"{run_dir} does not exist; --resume takes a run directory written by `lmlab train`.")
-    if not (run_dir / "config.yaml").is_file() or not (run_dir / STATE).is_file():
-        raise LmlabError(f"{run_dir} is not a resumable run (no config.yaml and {STATE}); "
-                         "--resume takes a run directory written by `lmlab train`.")
-    return load_config(run_dir / "config.yaml", overrides)
-
-
-# ---------------------------------------------------------------------------------- --init (fine-tuning)
-
-INIT_FREE = ("dropout",)  # model settings a fine-tune may change; everything else is the init run's architecture
-
-
-def init_config(init_run: str | Path, config_path: str | Path | None = None,
-                overrides: dict[str, str] | None = None) -> Config:
-    """The config of a new run that starts from `init_run`: its model config, the data and train sections of
-    `config_path` and the overrides. Model values that contradict the run's architecture are refused; dropout
-    may change, and block_size may shrink (learned positions are cropped)."""
-    import dataclasses
-
-    from .checkpoint import is_run_dir, load_model_config
-    from .config import build_dataclass, load_config, read_yaml
-
-    run = Path(init_run)
-    if not is_run_dir(run):
-        raise LmlabError(f"{run} is not a run directory (no config.json and model.safetensors); --init takes a run "
-                         "written by `lmlab train` or `lmlab convert`.")
-    base = load_model_config(run)
-    raw = read_yaml(config_path) if config_path is not None else {}
-    asked = dict(raw.get("model") or {})
-    asked.update({k.removeprefix("model."): v for k, v in (overrides or {}).items() if k.startswith("model.")})
-    requested = build_dataclass(type(base), asked, "model")  # unknown keys and bad types fail here
-    model = dataclasses.asdict(base)
-    for key in asked:
-        value, have = getattr(requested, key), model[key]
-        if key in INIT_FREE or (key == "block_size" and (value <= have or base.family != "gpt")):
-            model[key] = value
-        elif value != have and not (key == "vocab_size" and value == 0):
-            show = lambda v: str(v).lower() if isinstance(v, bool) else v  # noqa: E731 (as YAML writes it)
-            raise LmlabError(f"model.{key} {show(value)} conflicts with {run}, whose model has {key} {show(have)}; "
-                             f"--init takes the architecture from the run, so drop model.{key} from the config "
-                             "and overrides.")
-    rest = {k: v for k, v in (overrides or {}).items() if not k.startswith("model.")}
-    sections = {"model": model, "data": raw.get("data") or {}, "train": raw.get("train") or {}}
-    return load_config(None, rest, base=sections)
-
-
-def check_same_tokenizer(data_dir: str | Path, init_run: str | Path) -> None:
-    """The data must be token ids of the init run's tokenizer."""
-    from .files import read_json
-
-    data_tok, run_tok = Path(data_dir) / "tokenizer.json", Path(init_run) / "tokenizer.json"
-    for path in (data_tok, run_tok):
-        if not path.is_file():
-            raise LmlabError(f"{path} does not exist; --init needs the run's tokenizer and data prepared with it.")
-    if read_json(data_tok) != read_json(run_tok):
-        raise LmlabError(f"{data_dir} was prepared with another tokenizer than {init_run}'s; prepare the text "
-                         f"again with `lmlab prepare SOURCE --tokenizer {init_run} --out DIR`.")
-
-
-def load_init_weights(model: torch.nn.Module, init_run: str | Path) -> None:
-    """The init run's best weights (else its latest) into `model`; learned positions cropped to its block_size."""
-    from .checkpoint import read_weights
-
-    run = Path(init_run)
-    path = run / BEST if (run / BEST).is_file() else run / WEIGHTS
-    tensors, _ = read_weights(path)
-    block = getattr(model.cfg, "block_size", None)
-    if "wpe.weight" in tensors and block is not None and tensors["wpe.weight"].shape[0] > block:
-        tensors["wpe.weight"] = tensors["wpe.weight"][:block].contiguous()
-    load_state_into(model, tensors, path)
