@@ -82,7 +82,8 @@ def test_tiny_corpus_by_hand():
 
 
 def test_lmplz_adjusted_counts_keep_raw_counts_after_bos():
-    from lmlab.models.ngram import _encode_corpus, _sentence_stream, adjusted_counts, count_ngrams
+    from lmlab.models.ngram import adjusted_counts, count_ngrams
+    from lmlab.models.ngram.corpus import encode_corpus as _encode_corpus, sentence_stream as _sentence_stream
 
     vocab, word_ids, lengths = _encode_corpus("x y\nx y\nx y\ny\n", "word", False, "t")
     counts = count_ngrams(*_sentence_stream(word_ids, lengths), 3, len(vocab))
@@ -241,7 +242,7 @@ def test_same_pruned_arpa_as_lmplz(train_file, tmp_path):
 
 
 def _entries(m, n):
-    from lmlab.models.ngram import _ngram_word_ids_range
+    from lmlab.models.ngram.arpa import ngram_word_ids_range as _ngram_word_ids_range
 
     t = m.tables[n]
     rows = _ngram_word_ids_range(m.tables, n + 1, m.vocab_size, 0, len(t.keys)).tolist()

@@ -1,0 +1,276 @@
+"""NGramLM: the trained model and its queries (lmlab's causal-LM calls, the kenlm.Model API, files).
+
+Reads: a Vocab, one NGramTables per order and the tokenizer the words were cut with (from the passes, an ARPA
+file or an .npz). Writes: scores, next-token distributions, samples, ARPA / .npz files.
+`NGramLM.train` runs the builder's passes in lmplz's order: corpus -> count -> discount -> estimate (-> prune).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from ...errors import LmlabError
+from ...files import atomic_open, atomic_write_text
+from . import arpa, corpus, count, discount, estimate, tables as tbl
+from .prune import allowed_words, apply_pruning, keep_masks, prune_thresholds
+from .sample import BatchSampler
+from .tables import LN10, NGramTables
+from .vocab import BOS_ID, EOS_ID, UNK_ID, UnkDict, Vocab
+
+
+class NGramLM:
+    """A backoff n-gram language model (ARPA semantics) answering lmlab's causal-LM interface."""
+
+    family = "ngram"
+    eot_id = None  # </s> decodes to "\n", a real character of the text (counted in bits per char/byte)
+
+    def __init__(self, vocab: Vocab, tables: list[NGramTables], tokenizer="word", info: dict | None = None):
+        self.vocab = vocab
+        self.tables = tables
+        self.tokenizer = tokenizer
+        self.info = info or {}
+        self.order = len(tables)
+        self.vocab_size = len(vocab)
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{n + 1}-grams {len(t.keys):,}" for n, t in enumerate(self.tables))
+        return f"NGramLM(order={self.order}, vocab={self.vocab_size:,}, {sizes})"
+
+    # ----------------------------------------------------------------------- training: the passes
+
+    @classmethod
+    def train(cls, lines_or_path, order: int = 5, smoothing: str = "mkn", discount_fallback=None,
+              prune=None, limit_vocab=None, progress: bool = True, tokenizer="word",
+              skip_symbols: bool = False, k: float = 1.0, encoding: str = "utf-8") -> "NGramLM":
+        """Count and estimate an n-gram model like ``lmplz -o order`` (MKN), or with Witten-Bell / add-k.
+
+        tokenizer: "word" (lmplz's words), "char", or a run's tokenizer (a Tokenizer or the path of its
+        tokenizer.json / run directory): n-grams of its token ids, each line still a sentence.
+        """
+        if not isinstance(order, int) or order < 1:
+            raise LmlabError(f"the n-gram order must be a whole number >= 1 (got {order!r}).")
+        if smoothing not in estimate.SMOOTHINGS:
+            raise LmlabError(f"unknown smoothing {smoothing!r}; choose one of {', '.join(estimate.SMOOTHINGS)}.")
+        tokenizer = corpus.resolve_tokenizer(tokenizer)
+        thresholds = prune_thresholds(prune, order)
+        fallback = discount.normalize_fallback(discount_fallback)
+        text, name = corpus.as_text(lines_or_path, encoding)
+        vocab, word_ids, lengths = corpus.encode_corpus(text, tokenizer, skip_symbols, name)
+        del text
+        if len(word_ids) == 0:
+            raise LmlabError(f"{name} is empty (no words); give it some text, one sentence per line.")
+        bar = count.progress_bar(progress, order * 2, f"{order}-gram {smoothing}")
+        stream, dist = corpus.sentence_stream(word_ids, lengths)
+        counts = count.count_ngrams(stream, dist, order, len(vocab), bar)
+        del stream, dist
+        keep = keep_masks(counts, thresholds, allowed_words(vocab, limit_vocab), len(vocab))
+        if smoothing == "mkn":
+            tables, info = estimate.estimate_mkn(counts, len(vocab), fallback, name, bar, keep)
+        else:
+            if keep is not None:
+                raise LmlabError("--prune and --limit-vocab-file work with --smoothing mkn only (as in lmplz).")
+            tables, info = estimate.estimate_simple(counts, len(vocab), smoothing, k, bar)
+        if keep is not None:
+            vocab, tables = apply_pruning(vocab, tables, keep)
+            info["counts"] = [len(t.keys) for t in tables]
+        if bar:
+            bar.close()
+        info.update(smoothing=smoothing, tokens=int(len(word_ids)), sentences=len(lengths))
+        return cls(vocab, tables, tokenizer, info)
+
+    # ----------------------------------------------------------------------- encode / decode
+
+    def encode(self, text: str) -> list[int]:
+        """Words (or characters) -> ids; each newline ends a sentence (</s>); unknown words -> <unk>."""
+        ids: list[int] = []
+        lines = text.split("\n")
+        for i, line in enumerate(lines):
+            ids.extend(self.vocab.ids(corpus.split_words(line, self.tokenizer)))
+            if i < len(lines) - 1:
+                ids.append(EOS_ID)
+        return ids
+
+    def decode(self, ids) -> str:
+        words = self.vocab.words
+        out: list[str] = []
+        line: list[str] = []
+        for i in (ids.tolist() if hasattr(ids, "tolist") else ids):
+            i = int(i)
+            if i == EOS_ID:
+                out.append(corpus.join_line(line, self.tokenizer) + "\n")
+                line = []
+            elif i != BOS_ID:
+                line.append(words[i])
+        out.append(corpus.join_line(line, self.tokenizer))
+        return "".join(out)
+
+    # ----------------------------------------------------------------------- causal-LM interface
+
+    def token_logprobs(self, ids, **_unused) -> np.ndarray:
+        """Natural-log probability of every id, each sentence's context starting at <s> (reset after </s>)."""
+        ids = np.asarray(ids.tolist() if hasattr(ids, "tolist") else ids, dtype=np.int64).reshape(-1)
+        stream, dist, keep = _stream_from_ids(ids)
+        logp, _ = tbl.log10_stream(self.tables, stream, dist)
+        return logp[keep] * LN10
+
+    def logprobs_next(self, ids, state=None):
+        """Natural-log distribution [B, V] of the next token after each row's history; <s> is -inf."""
+        import torch
+
+        rows = ids.tolist() if hasattr(ids, "tolist") else [list(r) for r in ids]
+        if rows and not isinstance(rows[0], list):
+            rows = [rows]
+        out = np.empty((len(rows), self.vocab_size), dtype=np.float64)
+        for b, row in enumerate(rows):
+            out[b] = self.next_log10(tbl.sentence_context(row, self.order - 1))
+        out *= LN10
+        out[:, BOS_ID] = -np.inf
+        return torch.from_numpy(out.astype(np.float32)), state
+
+    @staticmethod
+    def reorder_state(state, rows):
+        return state  # no cache: every call looks at the last order-1 tokens
+
+    def over_tokenizer(self, tokenizer):
+        """This model seen through a run's tokenizer: next-token distributions over *its* ids (a draft model
+        for speculative decoding of that run)."""
+        from .tokens import NGramOverTokens
+
+        return NGramOverTokens(self, tokenizer)
+
+    def next_log10(self, context: Sequence[int]) -> np.ndarray:
+        """log10 p(w | context) for every w; context = ids, most recent last (begin it with <s> at a sentence start)."""
+        return tbl.next_log10(self.tables, context)
+
+    # ----------------------------------------------------------------------- the kenlm.Model API (log10)
+
+    def score(self, sentence: str, bos: bool = True, eos: bool = True) -> float:
+        """Total log10 probability of one sentence, like ``kenlm.Model.score``."""
+        words = np.array(self.vocab.ids(corpus.split_words(sentence, self.tokenizer)), dtype=np.int64)
+        return float(self.full_scores(words, bos, eos)[0].sum())
+
+    def full_scores(self, word_ids: np.ndarray, bos: bool = True, eos: bool = True):
+        """Per-token (log10 prob, n-gram length) of one sentence's word ids (+ </s> when eos)."""
+        start = BOS_ID if bos else -1  # -1 matches nothing: an empty context, like kenlm's NullContextState
+        tokens = np.concatenate(([start], word_ids, [EOS_ID] if eos else [])).astype(np.int64)
+        dist = np.arange(len(tokens), dtype=np.int64)
+        logp, length = tbl.log10_stream(self.tables, tokens, dist)
+        return logp[1:], length[1:]
+
+    def perplexity(self, lines) -> float:
+        """Perplexity over sentences (each line + </s>), OOVs included, like KenLM's ``query``."""
+        result = self.query_lines(lines.rstrip("\n").split("\n") if isinstance(lines, str) else lines)
+        return result["perplexity"]
+
+    def query_lines(self, lines: Iterable[str]) -> dict:
+        """Score lines in one vectorised pass: totals like KenLM ``query`` plus per-token arrays (log10)."""
+        lines = list(lines)
+        word_ids, lengths = self._encode_lines(lines)
+        stream, dist = corpus.sentence_stream(word_ids, lengths)
+        logp, length = tbl.log10_stream(self.tables, stream, dist)
+        predicted = dist >= 1
+        oov = (stream == UNK_ID) & predicted
+        total = float(logp[predicted].sum())
+        n_tokens = int(predicted.sum())
+        n_oov = int(oov.sum())
+        excl = float(logp[predicted & ~oov].sum())
+        return {
+            "stream": stream, "dist": dist, "log10": logp, "length": length,
+            "total": total, "tokens": n_tokens, "oov": n_oov, "sentences": len(lines),
+            "perplexity": 10.0 ** (-total / max(n_tokens, 1)),
+            "perplexity_excluding_oov": 10.0 ** (-excl / max(n_tokens - n_oov, 1)),
+        }
+
+    def _encode_lines(self, lines: list[str]):
+        """Word ids of many lines (unknown -> <unk>) and words per line, with C-speed string methods."""
+        if not lines:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        tokens = corpus.text_tokens("\n".join(lines) + "\n", self.tokenizer)
+        ids = np.fromiter(map(self._token_index().__getitem__, tokens), dtype=np.int64, count=len(tokens))
+        ends = np.flatnonzero(ids < 0)
+        return ids[ids >= 0], np.diff(np.concatenate(([-1], ends))) - 1
+
+    def _token_index(self) -> dict:
+        if getattr(self, "_index_cache", None) is None:
+            self._index_cache = UnkDict(self.vocab.index)
+            self._index_cache["\0"] = -1  # line end marker of text_tokens
+        return self._index_cache
+
+    # ----------------------------------------------------------------------- sampling
+
+    def sample_text(self, n_tokens: int, seed: int = 0, batch: int = 65536, max_len: int = 400) -> Iterable[str]:
+        """Sentences drawn from the model (exact backoff sampling, `batch` sentences at a time), as text lines,
+        until about `n_tokens` words are produced. For synthetic corpora; `lmlab generate` uses logprobs_next."""
+        sampler = BatchSampler(self.tables, np.random.default_rng(seed))
+        words = np.array(self.vocab.words, dtype=object)
+        produced = 0
+        while produced < n_tokens:
+            for sentence in sampler.sentences(batch, max_len):
+                produced += len(sentence) + 1
+                yield corpus.join_line(words[sentence], self.tokenizer) + "\n"
+                if produced >= n_tokens:
+                    return
+
+    # ----------------------------------------------------------------------- files
+
+    def save_arpa(self, path) -> None:
+        """The ARPA file; a model over a run's tokenizer also writes it beside the file (tokenizer_file)."""
+        sidecar = corpus.tokenizer_file(path)
+        if self.tokenizer == "word":
+            sidecar.unlink(missing_ok=True)  # a stale one would make the reload use the wrong tokens
+        else:
+            atomic_write_text(sidecar, corpus.tokenizer_json(self.tokenizer))
+        arpa.write_arpa(path, self.vocab, self.tables)
+
+    @classmethod
+    def from_arpa(cls, path, tokenizer=None) -> "NGramLM":
+        """Read an ARPA file. tokenizer None: the one noted beside the file (tokenizer_file) if any, else "word"."""
+        vocab, tables = arpa.read_arpa(path)
+        if tokenizer is None:
+            sidecar = corpus.tokenizer_file(path)
+            tokenizer = corpus.tokenizer_from_json(sidecar.read_text(encoding="utf-8"), str(sidecar)) \
+                if sidecar.is_file() else "word"
+        return cls(vocab, tables, corpus.resolve_tokenizer(tokenizer))
+
+    def save(self, path) -> None:
+        """Our own binary (.npz): the arrays as they are in memory, reloads in a blink."""
+        tokenizer = corpus.tokenizer_json(self.tokenizer)
+        arrays = {"vocab": np.array("\n".join(self.vocab.words)), "tokenizer": np.array(tokenizer)}
+        for n, t in enumerate(self.tables, start=1):
+            arrays[f"keys{n}"], arrays[f"prob{n}"], arrays[f"backoff{n}"] = t.keys, t.prob, t.backoff
+        with atomic_open(path, "wb") as f:
+            np.savez(f, **arrays)
+
+    @classmethod
+    def load(cls, path) -> "NGramLM":
+        path = Path(path)
+        if not path.is_file():
+            raise LmlabError(f"{path} does not exist.")
+        try:
+            z = np.load(path, allow_pickle=False)
+            vocab = Vocab(str(z["vocab"]).split("\n"))
+            order = sum(1 for k in z.files if k.startswith("keys"))
+            tables = [NGramTables(z[f"keys{n}"], z[f"prob{n}"], z[f"backoff{n}"]) for n in range(1, order + 1)]
+            tokenizer = str(z["tokenizer"])
+        except (OSError, ValueError, KeyError) as e:
+            raise LmlabError(f"{path} is not an lmlab n-gram .npz file ({e}).") from None
+        if tokenizer.startswith("{"):  # older files hold just "word" or "char"
+            tokenizer = corpus.tokenizer_from_json(tokenizer, f"the tokenizer inside {path}")
+        return cls(vocab, tables, corpus.resolve_tokenizer(tokenizer))
+
+
+def _stream_from_ids(ids: np.ndarray):
+    """Prepend <s> to each sentence of an id sequence (sentences end with </s>); mask of the original ids."""
+    ids = ids[ids != BOS_ID]
+    ends = np.flatnonzero(ids == EOS_ID)
+    starts = np.concatenate(([0], ends + 1))
+    starts = starts[starts <= len(ids)]
+    stream = np.insert(ids, starts, BOS_ID)
+    keep = np.ones(len(stream), dtype=bool)
+    keep[starts + np.arange(len(starts))] = False
+    bos_pos = np.flatnonzero(~keep)
+    sizes = np.diff(np.concatenate((bos_pos, [len(stream)])))
+    dist = np.arange(len(stream)) - np.repeat(bos_pos, sizes)
+    return stream, dist, keep
