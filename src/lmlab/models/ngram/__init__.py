@@ -15,9 +15,10 @@ and the query side: tables.py (the sorted tables and their lookups), model.py (N
 from a model), tokens.py (a model seen through a run's tokenizer, a speculative-decoding draft), query.py
 (`lmlab ngram query`'s report). Everything is vectorised in NumPy; torch is imported only by the causal-LM calls.
 """
+from ...splitting import SPACE_SYMBOL
+from .arpa import tokenizer_file
 from .count import Counts, count_ngrams, unique_groups
 from .discount import FALLBACK_DISCOUNTS, adjusted_counts, mkn_discounts
-from .corpus import SPACE_SYMBOL, resolve_tokenizer, tokenizer_file
 from .estimate import SMOOTHINGS
 from .model import NGramLM
 from .query import load_ngram, query_report
@@ -28,6 +29,6 @@ from .vocab import BOS, BOS_ID, EOS, EOS_ID, SPECIALS, UNK, UNK_ID, Vocab
 __all__ = [
     "BOS", "BOS_ID", "Counts", "EOS", "EOS_ID", "FALLBACK_DISCOUNTS", "LN10", "NGramLM", "NGramOverTokens",
     "NGramTables", "SMOOTHINGS", "SPACE_SYMBOL", "SPECIALS", "UNK", "UNK_ID", "Vocab", "adjusted_counts",
-    "count_ngrams", "load_ngram", "mkn_discounts", "query_report", "resolve_tokenizer", "tokenizer_file",
+    "count_ngrams", "load_ngram", "mkn_discounts", "query_report", "tokenizer_file",
     "unique_groups",
 ]

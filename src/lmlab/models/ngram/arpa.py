@@ -18,6 +18,12 @@ from .count import unique_groups
 from .tables import NGramTables, log10_stream, rows_of
 from .vocab import BOS, BOS_ID, SPECIALS, Vocab
 
+
+def tokenizer_file(model_path) -> Path:
+    """Where lmlab notes the token scheme of an ARPA model (ARPA has no place for it), beside the file:
+    model.arpa -> model.tokenizer.json (a run's tokenizer.json, or {"lmlab_ngram_tokenizer": "char"})."""
+    return Path(model_path).with_suffix(".tokenizer.json")
+
 _PAD = 0xFF  # never a byte of UTF-8 text: marks padding in the fixed-width line matrix
 _SHORT_WORD = 24  # words up to this many bytes go through the fast path
 

@@ -1,7 +1,7 @@
 """NGramLM: the trained model and its queries (lmlab's causal-LM calls, the kenlm.Model API, files).
 
-Reads: a Vocab, one NGramTables per order and the tokenizer the words were cut with (from the passes, an ARPA
-file or an .npz). Writes: scores, next-token distributions, samples, ARPA / .npz files.
+Reads: a Vocab, one NGramTables per order and the token scheme the words were cut with (lmlab.splitting), from
+the passes, an ARPA file or an .npz. Writes: scores, next-token distributions, samples, ARPA / .npz files.
 `NGramLM.train` runs the builder's passes in lmplz's order: corpus -> count -> discount -> estimate (-> prune).
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ import numpy as np
 
 from ...errors import LmlabError
 from ...files import atomic_open, atomic_write_text
+from ...splitting import ARPA_DEFAULT, LINE_END, scheme_from_note, token_scheme
 from . import arpa, corpus, count, discount, estimate, tables as tbl
 from .prune import allowed_words, apply_pruning, keep_masks, prune_thresholds
 from .sample import BatchSampler
@@ -29,7 +30,7 @@ class NGramLM:
     def __init__(self, vocab: Vocab, tables: list[NGramTables], tokenizer="word", info: dict | None = None):
         self.vocab = vocab
         self.tables = tables
-        self.tokenizer = tokenizer
+        self.scheme = token_scheme(tokenizer)
         self.info = info or {}
         self.order = len(tables)
         self.vocab_size = len(vocab)
@@ -37,6 +38,11 @@ class NGramLM:
     def __repr__(self) -> str:
         sizes = ", ".join(f"{n + 1}-grams {len(t.keys):,}" for n, t in enumerate(self.tables))
         return f"NGramLM(order={self.order}, vocab={self.vocab_size:,}, {sizes})"
+
+    @property
+    def tokenizer(self):
+        """What train(tokenizer=...) took: "word", "char", or the run's Tokenizer (self.scheme.spec)."""
+        return self.scheme.spec
 
     # ----------------------------------------------------------------------- training: the passes
 
@@ -53,11 +59,11 @@ class NGramLM:
             raise LmlabError(f"the n-gram order must be a whole number >= 1 (got {order!r}).")
         if smoothing not in estimate.SMOOTHINGS:
             raise LmlabError(f"unknown smoothing {smoothing!r}; choose one of {', '.join(estimate.SMOOTHINGS)}.")
-        tokenizer = corpus.resolve_tokenizer(tokenizer)
+        scheme = token_scheme(tokenizer)
         thresholds = prune_thresholds(prune, order)
         fallback = discount.normalize_fallback(discount_fallback)
         text, name = corpus.as_text(lines_or_path, encoding)
-        vocab, word_ids, lengths = corpus.encode_corpus(text, tokenizer, skip_symbols, name)
+        vocab, word_ids, lengths = corpus.encode_corpus(text, scheme, skip_symbols, name)
         del text
         if len(word_ids) == 0:
             raise LmlabError(f"{name} is empty (no words); give it some text, one sentence per line.")
@@ -78,7 +84,7 @@ class NGramLM:
         if bar:
             bar.close()
         info.update(smoothing=smoothing, tokens=int(len(word_ids)), sentences=len(lengths))
-        return cls(vocab, tables, tokenizer, info)
+        return cls(vocab, tables, scheme, info)
 
     # ----------------------------------------------------------------------- encode / decode
 
@@ -87,7 +93,7 @@ class NGramLM:
         ids: list[int] = []
         lines = text.split("\n")
         for i, line in enumerate(lines):
-            ids.extend(self.vocab.ids(corpus.split_words(line, self.tokenizer)))
+            ids.extend(self.vocab.ids(self.scheme.split(line)))
             if i < len(lines) - 1:
                 ids.append(EOS_ID)
         return ids
@@ -99,11 +105,11 @@ class NGramLM:
         for i in (ids.tolist() if hasattr(ids, "tolist") else ids):
             i = int(i)
             if i == EOS_ID:
-                out.append(corpus.join_line(line, self.tokenizer) + "\n")
+                out.append(self.scheme.join(line) + "\n")
                 line = []
             elif i != BOS_ID:
                 line.append(words[i])
-        out.append(corpus.join_line(line, self.tokenizer))
+        out.append(self.scheme.join(line))
         return "".join(out)
 
     # ----------------------------------------------------------------------- causal-LM interface
@@ -148,7 +154,7 @@ class NGramLM:
 
     def score(self, sentence: str, bos: bool = True, eos: bool = True) -> float:
         """Total log10 probability of one sentence, like ``kenlm.Model.score``."""
-        words = np.array(self.vocab.ids(corpus.split_words(sentence, self.tokenizer)), dtype=np.int64)
+        words = np.array(self.vocab.ids(self.scheme.split(sentence)), dtype=np.int64)
         return float(self.full_scores(words, bos, eos)[0].sum())
 
     def full_scores(self, word_ids: np.ndarray, bos: bool = True, eos: bool = True):
@@ -187,7 +193,7 @@ class NGramLM:
         """Word ids of many lines (unknown -> <unk>) and words per line, with C-speed string methods."""
         if not lines:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        tokens = corpus.text_tokens("\n".join(lines) + "\n", self.tokenizer)
+        tokens = self.scheme.split_text("\n".join(lines) + "\n")
         ids = np.fromiter(map(self._token_index().__getitem__, tokens), dtype=np.int64, count=len(tokens))
         ends = np.flatnonzero(ids < 0)
         return ids[ids >= 0], np.diff(np.concatenate(([-1], ends))) - 1
@@ -195,7 +201,7 @@ class NGramLM:
     def _token_index(self) -> dict:
         if getattr(self, "_index_cache", None) is None:
             self._index_cache = UnkDict(self.vocab.index)
-            self._index_cache["\0"] = -1  # line end marker of text_tokens
+            self._index_cache[LINE_END] = -1
         return self._index_cache
 
     # ----------------------------------------------------------------------- sampling
@@ -209,35 +215,34 @@ class NGramLM:
         while produced < n_tokens:
             for sentence in sampler.sentences(batch, max_len):
                 produced += len(sentence) + 1
-                yield corpus.join_line(words[sentence], self.tokenizer) + "\n"
+                yield self.scheme.join(words[sentence]) + "\n"
                 if produced >= n_tokens:
                     return
 
     # ----------------------------------------------------------------------- files
 
     def save_arpa(self, path) -> None:
-        """The ARPA file; a model over a run's tokenizer also writes it beside the file (tokenizer_file)."""
-        sidecar = corpus.tokenizer_file(path)
-        if self.tokenizer == "word":
+        """The ARPA file, and beside it the note of the token scheme unless it is ARPA's default (tokenizer_file)."""
+        sidecar = arpa.tokenizer_file(path)
+        if self.scheme.name == ARPA_DEFAULT:
             sidecar.unlink(missing_ok=True)  # a stale one would make the reload use the wrong tokens
         else:
-            atomic_write_text(sidecar, corpus.tokenizer_json(self.tokenizer))
+            atomic_write_text(sidecar, self.scheme.note())
         arpa.write_arpa(path, self.vocab, self.tables)
 
     @classmethod
     def from_arpa(cls, path, tokenizer=None) -> "NGramLM":
-        """Read an ARPA file. tokenizer None: the one noted beside the file (tokenizer_file) if any, else "word"."""
+        """Read an ARPA file. tokenizer None: the scheme noted beside the file (tokenizer_file) if any, else words."""
         vocab, tables = arpa.read_arpa(path)
         if tokenizer is None:
-            sidecar = corpus.tokenizer_file(path)
-            tokenizer = corpus.tokenizer_from_json(sidecar.read_text(encoding="utf-8"), str(sidecar)) \
-                if sidecar.is_file() else "word"
-        return cls(vocab, tables, corpus.resolve_tokenizer(tokenizer))
+            sidecar = arpa.tokenizer_file(path)
+            tokenizer = scheme_from_note(sidecar.read_text(encoding="utf-8"), str(sidecar)) \
+                if sidecar.is_file() else ARPA_DEFAULT
+        return cls(vocab, tables, tokenizer)
 
     def save(self, path) -> None:
         """Our own binary (.npz): the arrays as they are in memory, reloads in a blink."""
-        tokenizer = corpus.tokenizer_json(self.tokenizer)
-        arrays = {"vocab": np.array("\n".join(self.vocab.words)), "tokenizer": np.array(tokenizer)}
+        arrays = {"vocab": np.array("\n".join(self.vocab.words)), "tokenizer": np.array(self.scheme.note())}
         for n, t in enumerate(self.tables, start=1):
             arrays[f"keys{n}"], arrays[f"prob{n}"], arrays[f"backoff{n}"] = t.keys, t.prob, t.backoff
         with atomic_open(path, "wb") as f:
@@ -253,12 +258,11 @@ class NGramLM:
             vocab = Vocab(str(z["vocab"]).split("\n"))
             order = sum(1 for k in z.files if k.startswith("keys"))
             tables = [NGramTables(z[f"keys{n}"], z[f"prob{n}"], z[f"backoff{n}"]) for n in range(1, order + 1)]
-            tokenizer = str(z["tokenizer"])
+            note = str(z["tokenizer"])
         except (OSError, ValueError, KeyError) as e:
             raise LmlabError(f"{path} is not an lmlab n-gram .npz file ({e}).") from None
-        if tokenizer.startswith("{"):  # older files hold just "word" or "char"
-            tokenizer = corpus.tokenizer_from_json(tokenizer, f"the tokenizer inside {path}")
-        return cls(vocab, tables, corpus.resolve_tokenizer(tokenizer))
+        old_style = not note.startswith("{")  # older files hold just "word" or "char"
+        return cls(vocab, tables, note if old_style else scheme_from_note(note, f"the tokenizer inside {path}"))
 
 
 def _stream_from_ids(ids: np.ndarray):

@@ -9,7 +9,6 @@ from typing import Iterable
 
 import numpy as np
 
-from .corpus import split_words
 from .model import NGramLM
 from .vocab import EOS, UNK_ID
 
@@ -30,7 +29,7 @@ def query_report(model: NGramLM, text: str, summary: bool = False) -> Iterable[s
         starts = np.flatnonzero(dist == 0)
         ends = np.append(starts[1:], len(stream))
         for line, lo, hi in zip(lines, starts, ends):
-            pieces = split_words(line, model.tokenizer) + [EOS]
+            pieces = model.scheme.split(line) + [EOS]
             ids, lens, probs = stream[lo + 1:hi].tolist(), length[lo + 1:hi].tolist(), logp[lo + 1:hi].tolist()
             oov = sum(1 for i in ids if i == UNK_ID)
             cells = [f"{w}={i} {n} {p:.6g}" for w, i, n, p in zip(pieces, ids, lens, probs)]

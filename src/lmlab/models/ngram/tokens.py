@@ -8,8 +8,6 @@ import math
 
 import numpy as np
 
-from ...errors import LmlabError
-from .corpus import SPACE_SYMBOL
 from .tables import LN10, sentence_context
 from .vocab import EOS_ID, UNK_ID
 
@@ -21,24 +19,11 @@ class NGramOverTokens:
     newline is </s>; run tokens the n-gram has no word for share <unk>'s probability equally."""
 
     def __init__(self, model, tokenizer):
-        if not isinstance(model.tokenizer, str) and model.tokenizer.to_str() != tokenizer.to_str():
-            raise LmlabError("the n-gram model was counted with another tokenizer than the run's; count it with "
-                             "`lmlab ngram train --tokenizer RUN` to use it with that run.")
         self.model, self.vocab_size = model, tokenizer.vocab_size
-        words = [self._word(tokenizer, t) for t in range(tokenizer.vocab_size)]
+        words = model.scheme.run_words(tokenizer)
         self.to_ngram = np.array([EOS_ID if w == "\n" else model.vocab.index.get(w, UNK_ID) for w in words])
         unknown = self.to_ngram == UNK_ID
         self.unk_share = np.where(unknown, -math.log(max(int(unknown.sum()), 1)), 0.0)
-
-    def _word(self, tokenizer, token: int) -> str:
-        if not isinstance(self.model.tokenizer, str):
-            return "\n" if tokenizer.decode([token]) == "\n" else str(token)
-        text = tokenizer.decode([token])
-        if text == "\n":
-            return text
-        if self.model.tokenizer == "char":
-            return SPACE_SYMBOL if text == " " else text
-        return text.strip()
 
     @property
     def block_size(self) -> None:
