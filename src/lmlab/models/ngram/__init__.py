@@ -24,11 +24,10 @@ from .model import NGramLM
 from .query import load_ngram, query_report
 from .tables import LN10, NGramTables
 from .tokens import NGramOverTokens
-from .vocab import BOS, BOS_ID, EOS, EOS_ID, SPECIALS, UNK, UNK_ID, Vocab
+from .vocab import BOS, BOS_ID, EOS, EOS_ID, SPECIALS, UNK, UNK_ID, NGramTokenizer, Vocab
 
 __all__ = [
     "BOS", "BOS_ID", "Counts", "EOS", "EOS_ID", "FALLBACK_DISCOUNTS", "LN10", "NGramLM", "NGramOverTokens",
-    "NGramTables", "SMOOTHINGS", "SPACE_SYMBOL", "SPECIALS", "UNK", "UNK_ID", "Vocab", "adjusted_counts",
-    "count_ngrams", "load_ngram", "mkn_discounts", "query_report", "tokenizer_file",
-    "unique_groups",
+    "NGramTables", "NGramTokenizer", "SMOOTHINGS", "SPACE_SYMBOL", "SPECIALS", "UNK", "UNK_ID", "Vocab",
+    "adjusted_counts", "count_ngrams", "load_ngram", "mkn_discounts", "query_report", "tokenizer_file", "unique_groups",
 ]

@@ -13,24 +13,26 @@ import numpy as np
 
 from ...errors import LmlabError
 from ...files import atomic_open, atomic_write_text
-from ...splitting import ARPA_DEFAULT, LINE_END, scheme_from_note, token_scheme
+from ...splitting import ARPA_DEFAULT, scheme_from_note, token_scheme
 from . import arpa, corpus, count, discount, estimate, tables as tbl
 from .prune import allowed_words, apply_pruning, keep_masks, prune_thresholds
 from .sample import BatchSampler
 from .tables import LN10, NGramTables
-from .vocab import BOS_ID, EOS_ID, UNK_ID, UnkDict, Vocab
+from .vocab import BOS_ID, EOS_ID, UNK_ID, NGramTokenizer, Vocab
 
 
 class NGramLM:
     """A backoff n-gram language model (ARPA semantics) answering lmlab's causal-LM interface."""
 
     family = "ngram"
-    eot_id = None  # </s> decodes to "\n", a real character of the text (counted in bits per char/byte)
+    block_size = None  # no context limit in tokens (each prediction looks at the last order-1 of a sentence)
+    eot_id = None  # as its text_tokenizer's: </s> decodes to "\n", a real character of the text
 
     def __init__(self, vocab: Vocab, tables: list[NGramTables], tokenizer="word", info: dict | None = None):
         self.vocab = vocab
         self.tables = tables
         self.scheme = token_scheme(tokenizer)
+        self.text_tokenizer = NGramTokenizer(vocab, self.scheme)  # text <-> ids, an lmlab Tokenizer
         self.info = info or {}
         self.order = len(tables)
         self.vocab_size = len(vocab)
@@ -89,30 +91,19 @@ class NGramLM:
     # ----------------------------------------------------------------------- encode / decode
 
     def encode(self, text: str) -> list[int]:
-        """Words (or characters) -> ids; each newline ends a sentence (</s>); unknown words -> <unk>."""
-        ids: list[int] = []
-        lines = text.split("\n")
-        for i, line in enumerate(lines):
-            ids.extend(self.vocab.ids(self.scheme.split(line)))
-            if i < len(lines) - 1:
-                ids.append(EOS_ID)
-        return ids
+        """Words (or characters, or a run's tokens) -> ids; each newline ends a sentence (</s>); unknown -> <unk>."""
+        return self.text_tokenizer.encode(text)
 
     def decode(self, ids) -> str:
-        words = self.vocab.words
-        out: list[str] = []
-        line: list[str] = []
-        for i in (ids.tolist() if hasattr(ids, "tolist") else ids):
-            i = int(i)
-            if i == EOS_ID:
-                out.append(self.scheme.join(line) + "\n")
-                line = []
-            elif i != BOS_ID:
-                line.append(words[i])
-        out.append(self.scheme.join(line))
-        return "".join(out)
+        return self.text_tokenizer.decode(ids)
 
-    # ----------------------------------------------------------------------- causal-LM interface
+    # ----------------------------------------------------------------------- causal-LM interface (natural log)
+
+    @property
+    def device(self):
+        import torch
+
+        return torch.device("cpu")
 
     def token_logprobs(self, ids, **_unused) -> np.ndarray:
         """Natural-log probability of every id, each sentence's context starting at <s> (reset after </s>)."""
@@ -121,23 +112,23 @@ class NGramLM:
         logp, _ = tbl.log10_stream(self.tables, stream, dist)
         return logp[keep] * LN10
 
-    def logprobs_next(self, ids, state=None):
-        """Natural-log distribution [B, V] of the next token after each row's history; <s> is -inf."""
+    def logprobs_next(self, ids, state=None, pad=None):
+        """Natural-log distributions [B, V] (float32) of the token after each row of ids [B, T] (rows may also be
+        lists of different lengths); row b's real tokens start at column pad[b]. <s> is -inf. No state: (lp, None)."""
         import torch
 
-        rows = ids.tolist() if hasattr(ids, "tolist") else [list(r) for r in ids]
-        if rows and not isinstance(rows[0], list):
-            rows = [rows]
+        rows = tbl.history_rows(ids, pad)
         out = np.empty((len(rows), self.vocab_size), dtype=np.float64)
         for b, row in enumerate(rows):
             out[b] = self.next_log10(tbl.sentence_context(row, self.order - 1))
         out *= LN10
         out[:, BOS_ID] = -np.inf
-        return torch.from_numpy(out.astype(np.float32)), state
+        return torch.from_numpy(out.astype(np.float32)), None
 
-    @staticmethod
-    def reorder_state(state, rows):
-        return state  # no cache: every call looks at the last order-1 tokens
+    def logprobs_last(self, ids, state, n: int):
+        from ..base import logprobs_last_by_steps
+
+        return logprobs_last_by_steps(self, ids, state, n)
 
     def over_tokenizer(self, tokenizer):
         """This model seen through a run's tokenizer: next-token distributions over *its* ids (a draft model
@@ -153,12 +144,13 @@ class NGramLM:
     # ----------------------------------------------------------------------- the kenlm.Model API (log10)
 
     def score(self, sentence: str, bos: bool = True, eos: bool = True) -> float:
-        """Total log10 probability of one sentence, like ``kenlm.Model.score``."""
+        """Total log10 probability of one sentence: the kenlm.Model API (log10), like ``kenlm.Model.score``."""
         words = np.array(self.vocab.ids(self.scheme.split(sentence)), dtype=np.int64)
         return float(self.full_scores(words, bos, eos)[0].sum())
 
     def full_scores(self, word_ids: np.ndarray, bos: bool = True, eos: bool = True):
-        """Per-token (log10 prob, n-gram length) of one sentence's word ids (+ </s> when eos)."""
+        """Per-token (log10 prob, n-gram length) of one sentence's word ids (+ </s> when eos): the kenlm.Model API
+        (log10), like ``kenlm.Model.full_scores``."""
         start = BOS_ID if bos else -1  # -1 matches nothing: an empty context, like kenlm's NullContextState
         tokens = np.concatenate(([start], word_ids, [EOS_ID] if eos else [])).astype(np.int64)
         dist = np.arange(len(tokens), dtype=np.int64)
@@ -166,14 +158,15 @@ class NGramLM:
         return logp[1:], length[1:]
 
     def perplexity(self, lines) -> float:
-        """Perplexity over sentences (each line + </s>), OOVs included, like KenLM's ``query``."""
+        """Perplexity over sentences (each line + </s>), OOVs included: the kenlm.Model API (log10 based), like
+        KenLM's ``query``."""
         result = self.query_lines(lines.rstrip("\n").split("\n") if isinstance(lines, str) else lines)
         return result["perplexity"]
 
     def query_lines(self, lines: Iterable[str]) -> dict:
         """Score lines in one vectorised pass: totals like KenLM ``query`` plus per-token arrays (log10)."""
         lines = list(lines)
-        word_ids, lengths = self._encode_lines(lines)
+        word_ids, lengths = self.text_tokenizer.line_ids(lines)
         stream, dist = corpus.sentence_stream(word_ids, lengths)
         logp, length = tbl.log10_stream(self.tables, stream, dist)
         predicted = dist >= 1
@@ -188,21 +181,6 @@ class NGramLM:
             "perplexity": 10.0 ** (-total / max(n_tokens, 1)),
             "perplexity_excluding_oov": 10.0 ** (-excl / max(n_tokens - n_oov, 1)),
         }
-
-    def _encode_lines(self, lines: list[str]):
-        """Word ids of many lines (unknown -> <unk>) and words per line, with C-speed string methods."""
-        if not lines:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        tokens = self.scheme.split_text("\n".join(lines) + "\n")
-        ids = np.fromiter(map(self._token_index().__getitem__, tokens), dtype=np.int64, count=len(tokens))
-        ends = np.flatnonzero(ids < 0)
-        return ids[ids >= 0], np.diff(np.concatenate(([-1], ends))) - 1
-
-    def _token_index(self) -> dict:
-        if getattr(self, "_index_cache", None) is None:
-            self._index_cache = UnkDict(self.vocab.index)
-            self._index_cache[LINE_END] = -1
-        return self._index_cache
 
     # ----------------------------------------------------------------------- sampling
 

@@ -117,3 +117,14 @@ def sentence_context(row: list[int], keep: int) -> list[int]:
             break
     ctx = [BOS_ID] + list(row[start:])
     return ctx[-keep:] if keep > 0 else []
+
+
+def history_rows(ids, pad=None) -> list[list[int]]:
+    """Each row's ids without its pad placeholders: ids [B, T] (a tensor, an array, or lists that may differ in
+    length; a flat list is one row); pad[b] placeholder columns begin row b."""
+    rows = ids.tolist() if hasattr(ids, "tolist") else [r if isinstance(r, int) else list(r) for r in ids]
+    if rows and not isinstance(rows[0], list):
+        rows = [rows]
+    if pad is not None:
+        rows = [row[int(p):] for row, p in zip(rows, pad)]
+    return rows

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from .tables import LN10, sentence_context
+from .tables import LN10, history_rows, sentence_context
 from .vocab import EOS_ID, UNK_ID
 
 
@@ -25,19 +25,38 @@ class NGramOverTokens:
         unknown = self.to_ngram == UNK_ID
         self.unk_share = np.where(unknown, -math.log(max(int(unknown.sum()), 1)), 0.0)
 
-    @property
-    def block_size(self) -> None:
-        return None
+    family = "ngram"
+    block_size = None
 
-    def logprobs_next(self, ids, state=None):
-        """Natural-log distribution [B, V_run] of the next run token after each row of run ids [B, T]."""
+    @property
+    def device(self):
         import torch
 
+        return torch.device("cpu")
+
+    def _logprobs(self, row: list[int]) -> np.ndarray:
+        """Natural-log distribution [V_run] of the run token after the run ids `row` (renormalised over the run's
+        tokens: </s>, <unk>'s mass shared, unseen tokens)."""
         keep = self.model.order - 1
-        rows = ids.tolist() if hasattr(ids, "tolist") else [list(r) for r in ids]
-        out = np.empty((len(rows), self.vocab_size), dtype=np.float64)
-        for b, row in enumerate(rows):
-            tail = self.to_ngram[row[-keep:]].tolist() if keep > 0 else []
-            out[b] = self.model.next_log10(sentence_context(tail, keep))[self.to_ngram] * LN10 + self.unk_share
-        out -= np.logaddexp.reduce(out, axis=1, keepdims=True)  # renormalise (</s>, <unk> mass, unseen tokens)
-        return torch.from_numpy(out.astype(np.float32)), state
+        tail = self.to_ngram[row[-keep:]].tolist() if keep > 0 and row else []
+        out = self.model.next_log10(sentence_context(tail, keep))[self.to_ngram] * LN10 + self.unk_share
+        return out - np.logaddexp.reduce(out)
+
+    def logprobs_next(self, ids, state=None, pad=None):
+        """Natural-log distributions [B, V_run] (float32) of the next run token after each row of run ids [B, T]
+        (row b's real tokens start at column pad[b]). No state: (logprobs, None)."""
+        import torch
+
+        rows = history_rows(ids, pad)
+        out = np.stack([self._logprobs(row) for row in rows]) if rows else np.zeros((0, self.vocab_size))
+        return torch.from_numpy(out.astype(np.float32)), None
+
+    def logprobs_last(self, ids, state, n: int):
+        from ..base import logprobs_last_by_steps
+
+        return logprobs_last_by_steps(self, ids, state, n)
+
+    def token_logprobs(self, ids) -> np.ndarray:
+        """Natural-log probability of each run token given the ones before it (the first one given <s>)."""
+        ids = [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
+        return np.array([self._logprobs(ids[:t])[token] for t, token in enumerate(ids)], dtype=np.float64)
