@@ -1,8 +1,8 @@
 """Pass 1 (lmplz's corpus_count, the reading half): the training text -> vocabulary + word ids per sentence.
 
-Reads: a text file (or lines) and the model's token scheme (lmlab.splitting). Writes: the Vocab (words numbered in order of first
-appearance, after <unk> <s> </s>), the word ids of the whole text and the number of words of each line; then
-the sentence stream `<s> w1 .. wk </s>` of every line that the counting pass reads.
+Reads: a text file (or lines), cut into words by the model's token scheme (lmlab.splitting). Writes: the Vocab
+(words numbered in order of first appearance, after <unk> <s> </s>), the word ids of the whole text and the number
+of words of each line; then the sentence stream `<s> w1 .. wk </s>` of every line, which count.py reads.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from .vocab import BOS_ID, EOS_ID, SPECIALS, Vocab
 
 
 def read_text(path: Path, encoding: str = "utf-8") -> str:
+    """The text of a file; a missing file or a bad byte is an LmlabError naming the file (and the line)."""
     if not path.is_file():
         raise LmlabError(f"{path} does not exist; pass a text file with one sentence per line.")
     data = path.read_bytes()

@@ -6,7 +6,6 @@ contiguous range, like KenLM's trie), raw counts, and each n-gram's suffix row i
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,14 +94,3 @@ def unique_groups(keys: np.ndarray, key_bound: int):
     inverse = np.empty(n, np.int64)
     inverse[perm] = np.cumsum(new_group) - 1
     return uniq, inverse, raw, perm[starts]
-
-
-def progress_bar(enabled: bool, total: int, desc: str):
-    """A tqdm bar over the passes on stderr, or None (disabled, or tqdm missing)."""
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=desc, unit="pass", file=sys.stderr, leave=False)

@@ -1,4 +1,4 @@
-"""Passes 3-4 (lmlab's initial_probabilities + interpolate): counts -> the model's tables, one order at a time.
+"""Passes 3-4 (lmplz's initial_probabilities + interpolate): counts -> the model's tables, one order at a time.
 
 Reads: the Counts of every order (count.py); for MKN also the adjusted counts and discounts (discount.py) and the
 prune masks (prune.py). Writes: one NGramTables per order, log10 probabilities and log10 backoffs.
@@ -16,12 +16,22 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...errors import LmlabError
 from .count import Counts
 from .discount import adjusted_counts, mkn_discounts
 from .tables import NGramTables
 from .vocab import BOS_ID
 
 SMOOTHINGS = ("mkn", "witten-bell", "add-k")
+
+
+def estimate(counts: list[Counts], V: int, smoothing: str, fallback, k: float, name: str, bar, keep=None):
+    """(tables, info) of one of SMOOTHINGS; pruning (`keep` masks) works with MKN only, as in lmplz."""
+    if smoothing == "mkn":
+        return estimate_mkn(counts, V, fallback, name, bar, keep)
+    if keep is not None:
+        raise LmlabError("--prune and --limit-vocab-file work with --smoothing mkn only (as in lmplz).")
+    return estimate_simple(counts, V, smoothing, k, bar)
 
 
 def _context_stats(prefix: np.ndarray, counts: np.ndarray, n_contexts: int):

@@ -6,6 +6,7 @@ the passes, an ARPA file or an .npz. Writes: scores, next-token distributions, s
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -69,17 +70,12 @@ class NGramLM:
         del text
         if len(word_ids) == 0:
             raise LmlabError(f"{name} is empty (no words); give it some text, one sentence per line.")
-        bar = count.progress_bar(progress, order * 2, f"{order}-gram {smoothing}")
+        bar = _progress_bar(progress, order * 2, f"{order}-gram {smoothing}")
         stream, dist = corpus.sentence_stream(word_ids, lengths)
         counts = count.count_ngrams(stream, dist, order, len(vocab), bar)
         del stream, dist
         keep = keep_masks(counts, thresholds, allowed_words(vocab, limit_vocab), len(vocab))
-        if smoothing == "mkn":
-            tables, info = estimate.estimate_mkn(counts, len(vocab), fallback, name, bar, keep)
-        else:
-            if keep is not None:
-                raise LmlabError("--prune and --limit-vocab-file work with --smoothing mkn only (as in lmplz).")
-            tables, info = estimate.estimate_simple(counts, len(vocab), smoothing, k, bar)
+        tables, info = estimate.estimate(counts, len(vocab), smoothing, fallback, k, name, bar, keep)
         if keep is not None:
             vocab, tables = apply_pruning(vocab, tables, keep)
             info["counts"] = [len(t.keys) for t in tables]
@@ -256,3 +252,14 @@ def _stream_from_ids(ids: np.ndarray):
     sizes = np.diff(np.concatenate((bos_pos, [len(stream)])))
     dist = np.arange(len(stream)) - np.repeat(bos_pos, sizes)
     return stream, dist, keep
+
+
+def _progress_bar(enabled: bool, total: int, desc: str):
+    """A tqdm bar over the passes on stderr, or None (disabled, or tqdm missing)."""
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit="pass", file=sys.stderr, leave=False)

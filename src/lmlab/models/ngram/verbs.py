@@ -1,6 +1,7 @@
-"""What `lmlab ngram query` prints, and loading a model file of either format.
+"""The `lmlab ngram` verbs as library calls: train_file (`ngram train`), load_ngram + query_report (`ngram query`).
 
-Reads: an .arpa or .npz model and the text to score. Writes: KenLM ``query``'s lines (log10).
+Reads: a training text file / an .arpa or .npz model and the text to score. Writes: a model file and its summary
+line / KenLM ``query``'s lines (log10).
 """
 from __future__ import annotations
 
@@ -11,6 +12,18 @@ import numpy as np
 
 from .model import NGramLM
 from .vocab import EOS, UNK_ID
+
+
+def train_file(data, out, **options) -> str:
+    """`lmlab ngram train`: build a model from the text file `data` (options: those of NGramLM.train) and write it
+    to `out` (.npz: lmlab's binary, else ARPA); returns the summary line."""
+    model = NGramLM.train(Path(data), **options)
+    if Path(out).suffix == ".npz":
+        model.save(out)
+    else:
+        model.save_arpa(out)
+    counts = " ".join(f"{n + 1}-grams {c:,}" for n, c in enumerate(model.info["counts"]))
+    return f"wrote {out}: {model.info['tokens']:,} tokens, vocab {model.vocab_size:,}, {counts}"
 
 
 def load_ngram(path, tokenizer=None) -> NGramLM:
