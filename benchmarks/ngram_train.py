@@ -64,7 +64,7 @@ def compare_arpa(a: Path, b: Path) -> str:
 
 
 def _entries(m, n):
-    from lmlab.models.ngram import _ngram_word_ids_range
+    from lmlab.models.ngram.arpa import ngram_word_ids_range as _ngram_word_ids_range
 
     t = m.tables[n]
     rows = _ngram_word_ids_range(m.tables, n + 1, m.vocab_size, 0, len(t.keys)).tolist()

@@ -82,7 +82,8 @@ def test_tiny_corpus_by_hand():
 
 
 def test_lmplz_adjusted_counts_keep_raw_counts_after_bos():
-    from lmlab.models.ngram import _encode_corpus, _sentence_stream, adjusted_counts, count_ngrams
+    from lmlab.models.ngram import adjusted_counts, count_ngrams
+    from lmlab.models.ngram.corpus import encode_corpus as _encode_corpus, sentence_stream as _sentence_stream
 
     vocab, word_ids, lengths = _encode_corpus("x y\nx y\nx y\ny\n", "word", False, "t")
     counts = count_ngrams(*_sentence_stream(word_ids, lengths), 3, len(vocab))
@@ -241,7 +242,7 @@ def test_same_pruned_arpa_as_lmplz(train_file, tmp_path):
 
 
 def _entries(m, n):
-    from lmlab.models.ngram import _ngram_word_ids_range
+    from lmlab.models.ngram.arpa import ngram_word_ids_range as _ngram_word_ids_range
 
     t = m.tables[n]
     rows = _ngram_word_ids_range(m.tables, n + 1, m.vocab_size, 0, len(t.keys)).tolist()
@@ -375,3 +376,57 @@ def test_char_model_reloads_as_char(shakespeare_lines, tmp_path, heldout):
 def test_unknown_tokenizer_name(train_file):
     with pytest.raises(LmlabError, match="unknown n-gram tokenizer 'bpe'; choose word, char"):
         NGramLM.train(train_file, order=2, tokenizer="bpe", progress=False)
+
+
+# ------------------------------------------------------------------ the protocol, the tokenizer, the token schemes
+
+def test_ngram_is_a_causal_lm_that_ignores_pad_columns(model3):
+    from lmlab.models.base import CausalLM
+
+    assert isinstance(model3, CausalLM) and model3.block_size is None and model3.device == torch.device("cpu")
+    a, b = model3.encode("We are accounted poor citizens, the"), model3.encode("What")
+    assert len(a) == 6 and len(b) == 1  # b alone: its context is <s> What, not the placeholders
+    padded = torch.tensor([a, b * 6])  # row 1 left-padded by 5 placeholder columns (its first token repeated)
+    out, state = model3.logprobs_next(padded, pad=torch.tensor([0, 5]))
+    alone, _ = model3.logprobs_next([a, b])  # rows of different lengths as lists
+    assert state is None and torch.equal(out, alone)
+    assert not torch.equal(model3.logprobs_next(padded)[0][1], alone[1])
+    last, _ = model3.logprobs_last(torch.tensor([a]), None, 3)
+    assert torch.equal(last[0, -1], alone[0]) and last.shape == (1, 3, model3.vocab_size)
+
+
+def test_the_models_tokenizer_is_an_lmlab_tokenizer(model3, heldout):
+    from lmlab.tokenizer import Tokenizer
+
+    tok = model3.text_tokenizer
+    text = "\n".join(heldout[:20]) + "\n"
+    assert isinstance(tok, Tokenizer) and tok.kind == "ngram" and tok.eot_id is None
+    assert tok.vocab_size == model3.vocab_size and tok.encode(text) == model3.encode(text)
+    assert tok.decode(tok.encode(text)) == model3.decode(model3.encode(text))
+
+
+@pytest.mark.parametrize("spec", ["word", "char", "bpe"])
+def test_a_schemes_bulk_split_matches_its_line_split(spec, shakespeare_lines):
+    from lmlab.splitting import LINE_END, token_scheme
+    from lmlab.tokenizer import train_tokenizer
+
+    lines = shakespeare_lines[:300] + ["  two  blanks\tand a tab ", ""]
+    scheme = token_scheme(train_tokenizer("bpe", lines, 300) if spec == "bpe" else spec)
+    expected = [w for line in lines for w in scheme.split(line) + [LINE_END]]
+    assert scheme.split_text("\n".join(lines) + "\n") == expected
+    assert token_scheme(scheme) is scheme and token_scheme(scheme.spec).note() == scheme.note()
+
+
+def test_ngram_over_a_runs_tokens_is_a_causal_lm(shakespeare_lines):
+    from lmlab.models.base import CausalLM
+    from lmlab.tokenizer import CharTokenizer
+
+    lines = shakespeare_lines[:300]
+    tok = CharTokenizer(sorted(set("\n".join(lines) + "\n")))
+    view = NGramLM.train(lines, order=3, tokenizer="char", discount_fallback=True, progress=False).over_tokenizer(tok)
+    ids = tok.encode("First Citizen")
+    assert isinstance(view, CausalLM) and view.block_size is None
+    steps = [view.logprobs_next([ids[:t]])[0][0, ids[t]].item() for t in range(len(ids))]
+    assert view.token_logprobs(ids) == pytest.approx(steps, abs=1e-5)
+    out, state = view.logprobs_next(torch.tensor([[ids[0]] * 2 + ids[:3]]), pad=torch.tensor([2]))
+    assert state is None and torch.equal(out, view.logprobs_next([ids[:3]])[0])

@@ -406,18 +406,13 @@ def _add_ngram(sub) -> None:
 
 
 def cmd_ngram_train(args) -> None:
-    from .models.ngram import NGramLM
+    from .models.ngram import train_file
 
     fallback = None if args.discount_fallback is None else (args.discount_fallback or True)
-    model = NGramLM.train(Path(args.data), order=args.order, smoothing=args.smoothing, discount_fallback=fallback,
-                          prune=args.prune, limit_vocab=args.limit_vocab_file, progress=not args.quiet,
-                          tokenizer=args.tokenizer, skip_symbols=args.skip_symbols, k=args.k, encoding=args.encoding)
-    if Path(args.out).suffix == ".npz":
-        model.save(args.out)
-    else:
-        model.save_arpa(args.out)
-    counts = " ".join(f"{n + 1}-grams {c:,}" for n, c in enumerate(model.info["counts"]))
-    print(f"wrote {args.out}: {model.info['tokens']:,} tokens, vocab {model.vocab_size:,}, {counts}", file=sys.stderr)
+    print(train_file(args.data, args.out, order=args.order, smoothing=args.smoothing, discount_fallback=fallback,
+                     prune=args.prune, limit_vocab=args.limit_vocab_file, progress=not args.quiet,
+                     tokenizer=args.tokenizer, skip_symbols=args.skip_symbols, k=args.k, encoding=args.encoding),
+          file=sys.stderr)
 
 
 def cmd_ngram_query(args) -> None:
