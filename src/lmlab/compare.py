@@ -36,7 +36,7 @@ class Scored:
 
     @property
     def family(self) -> str:
-        return getattr(self.model, "family", type(self.model).__name__)
+        return self.model.family
 
 
 def load_models(paths, device: str = "cpu") -> list[Scored]:
@@ -63,13 +63,6 @@ def score(entry: Scored, text: str) -> tuple[np.ndarray, EvalResult]:
         raise LmlabError(f"{entry.path}: {e}") from None
 
 
-def parameter_count(model) -> int:
-    """Trainable parameters of a torch model; for an n-gram model, its number of n-gram entries."""
-    if hasattr(model, "num_parameters"):
-        return int(model.num_parameters())
-    return int(sum(len(t.keys) for t in getattr(model, "tables", [])))
-
-
 def train_seconds(path: Path) -> float | None:
     """Training wall time of a run: elapsed_s of the last row of its metrics.csv (None for n-gram files)."""
     metrics = path / "metrics.csv"
@@ -82,7 +75,7 @@ def train_seconds(path: Path) -> float | None:
 
 def row(entry: Scored) -> dict:
     r = entry.result
-    return {"model": entry.name, "family": entry.family, "parameters": parameter_count(entry.model),
+    return {"model": entry.name, "family": entry.family, "parameters": int(entry.model.num_parameters()),
             "tokens": r.tokens, "bytes": r.bytes, "bits_per_byte": r.bits_per_byte, "bits_per_char": r.bits_per_char,
             "perplexity": r.perplexity, "eval_tokens_per_sec": r.tokens_per_sec,
             "train_seconds": train_seconds(entry.path), "path": str(entry.path)}

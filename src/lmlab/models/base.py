@@ -76,6 +76,9 @@ class CausalLM(Protocol):
     def token_logprobs(self, ids) -> np.ndarray:
         """Natural-log probability of each token it predicts in the sequence `ids` (the last len(result) ids)."""
 
+    def num_parameters(self) -> int:
+        """Its size for a comparison table: trainable weights (an n-gram model: its n-gram entries)."""
+
 
 @runtime_checkable
 class Classifier(Protocol):
@@ -151,7 +154,8 @@ class NeuralLM(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        cfg.validate()
+        if hasattr(cfg, "validate"):  # a config's own checks are optional (config.load_config runs them too)
+            cfg.validate()
         if cfg.vocab_size < 1:
             raise LmlabError("model.vocab_size is not set; prepare data first or set --model.vocab_size.")
         self.cfg = cfg

@@ -42,6 +42,10 @@ class NGramLM:
         sizes = ", ".join(f"{n + 1}-grams {len(t.keys):,}" for n, t in enumerate(self.tables))
         return f"NGramLM(order={self.order}, vocab={self.vocab_size:,}, {sizes})"
 
+    def num_parameters(self) -> int:
+        """What a n-gram model stores instead of weights: its n-gram entries (every order)."""
+        return sum(len(t.keys) for t in self.tables)
+
     @property
     def tokenizer(self):
         """What train(tokenizer=...) took: "word", "char", or the run's Tokenizer (self.scheme.spec)."""
