@@ -203,7 +203,8 @@ def cmd_eval_seq2seq(args) -> None:
     from .files import atomic_write_text
     from .generate import GenerationConfig
     from .metrics import TEXT_METRICS, text_metric
-    from .seq2seq import load_seq2seq, read_lines, translate
+    from .tasks.pairs import read_lines
+    from .tasks.translate import load_seq2seq, translate
     from .train import resolve_device
 
     metric = (args.metric or "bleu").lower()
@@ -707,7 +708,7 @@ def _noise(args) -> dict:
 
 
 def cmd_seq2seq_prepare(args) -> None:
-    from .seq2seq import prepare_denoise, prepare_pairs
+    from .tasks.pairs import prepare_denoise, prepare_pairs
 
     if args.text is not None:
         if args.src or args.tgt or args.val_src or args.val_tgt:
@@ -748,7 +749,8 @@ def cmd_seq2seq_train(args) -> None:
 
 def cmd_seq2seq_translate(args) -> None:
     from .generate import GenerationConfig
-    from .seq2seq import load_seq2seq, read_lines, translate
+    from .tasks.pairs import read_lines
+    from .tasks.translate import load_seq2seq, translate
     from .train import resolve_device
 
     cfg = GenerationConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
@@ -769,7 +771,7 @@ def cmd_seq2seq_translate(args) -> None:
 
 def cmd_seq2seq_pretrain(args) -> None:
     from .config import load_config
-    from .seq2seq import prepare_denoise
+    from .tasks.pairs import prepare_denoise
     from .train import train
 
     out = Path(args.out)
