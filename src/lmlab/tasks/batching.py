@@ -81,6 +81,11 @@ def pad_rows(rows, pad_id: int, mask: bool = False):
     return (ids, real) if mask else ids
 
 
+def ids_dtype(vocab_size: int) -> str:
+    """The smallest NumPy type that holds every token id of a vocabulary, as files of ids store them."""
+    return "uint16" if vocab_size <= 1 << 16 else "uint32"
+
+
 def write_rows(directory: Path, split: str, columns: dict[str, list], dtype: str) -> dict[str, int]:
     """Rows of token ids, several aligned columns of them (e.g. source and target): each column's ids concatenated
     in {split}.{column}.bin, and int64 [rows + 1, columns] in {split}.idx.npy, where each row of each column starts.

@@ -30,7 +30,7 @@ import numpy as np
 from ..data import read_meta
 from ..errors import LmlabError
 from ..files import atomic_write_json, read_text, staged_dir
-from .batching import LengthBatching, pad_rows, read_rows, write_rows
+from .batching import LengthBatching, ids_dtype, pad_rows, read_rows, write_rows
 
 PAD, MASK = "<pad>", "<mask>"
 TASKS = ("pairs", "denoise")
@@ -106,10 +106,6 @@ def resolve_tokenizer(tokenizer):
 # ---------------------------------------------------------------------------------------------
 
 
-def _dtype(vocab_size: int) -> str:
-    return "uint16" if vocab_size <= 1 << 16 else "uint32"
-
-
 def _write_split(directory: Path, split: str, src: list[list[int]], tgt: list[list[int]], dtype: str) -> dict:
     tokens = write_rows(directory, split, {"src": src, "tgt": tgt}, dtype)
     return {"pairs": len(src), "src_tokens": tokens["src"], "tgt_tokens": tokens["tgt"]}
@@ -123,7 +119,7 @@ def _keep_nonempty(src: list[str], tgt: list[str]) -> tuple[list[str], list[str]
 def _write_prepared(out_dir, meta: dict, tokenizer, splits: dict) -> dict:
     """Write every file into a temporary directory, then move them into out_dir (meta.json last)."""
     with staged_dir(out_dir) as tmp:
-        dtype = _dtype(tokenizer.vocab_size)
+        dtype = ids_dtype(tokenizer.vocab_size)
         for split, (src_ids, tgt_ids) in splits.items():
             meta[split].update(_write_split(tmp, split, src_ids, tgt_ids, dtype))
         meta["dtype"] = dtype
