@@ -74,12 +74,11 @@ def _add_train(sub) -> None:
 
 def _launch_torchrun(args) -> None:
     """Run this `lmlab train` in args.nproc processes through torchrun (lmlab.distributed.launch)."""
-    from .distributed import check_nproc, launch
-
-    check_nproc(args.nproc)
     from .config import load_config
+    from .distributed import check_nproc, launch
     from .train import resume_config
 
+    check_nproc(args.nproc)
     if args.resume:  # a bad config or run is reported once, here, rather than by every process
         resume_config(args.resume, args.overrides)
     elif not args.config:
@@ -574,8 +573,14 @@ def cmd_classify_train(args) -> None:
                                  nproc=args.nproc, **options)
     except Interrupted as e:  # SIGINT / SIGTERM: the checkpoint is saved; say how to continue, exit 128 + signal
         print(f"lmlab classify train: {signal.Signals(e.signum).name} received: stopped after step {e.step} and saved "
-              f"a checkpoint in {e.run_dir}; continue with `lmlab classify train --resume {e.run_dir}`.", file=sys.stderr)
+              f"a checkpoint in {e.run_dir}; continue with `lmlab classify train --resume {e.run_dir}`.",
+              file=sys.stderr)
         raise SystemExit(128 + e.signum) from None
+    except SystemExit as e:  # --nproc: the processes were stopped (each saved a checkpoint) or failed
+        if isinstance(e.code, int) and e.code > 128 and (args.resume or args.out):
+            print(f"lmlab classify train: continue with `lmlab classify train --resume {args.resume or args.out} "
+                  f"--nproc {args.nproc}`.", file=sys.stderr)
+        raise
     m = s["val_metrics"]
     if "generative_scale" in s:
         print(f"label LMs: logits = {s['head_scale']:.3g} x head + {s['generative_scale']:.3g} x log P(text | label), "

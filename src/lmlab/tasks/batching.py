@@ -43,7 +43,8 @@ class LengthBatching:
         if not self.shuffle:
             epoch = 0
         if self._epoch is None or self._epoch[0] != epoch:
-            self._epoch = (epoch, self._draw(epoch) if self.shuffle else self._cut(np.argsort(self.keys, kind="stable")))
+            batches = self._draw(epoch) if self.shuffle else self._cut(np.argsort(self.keys, kind="stable"))
+            self._epoch = (epoch, batches)
         return self._epoch[1]
 
     def _draw(self, epoch: int) -> list[np.ndarray]:

@@ -113,7 +113,7 @@ def from_scratch(kind: str, texts: list[str], max_length: int, num_labels: int, 
     return model, tokenizer, None
 
 
-def input_format(kind: str, tokenizer) -> str:
+def input_format_for(kind: str, tokenizer) -> str:
     if kind == "encoder":
         return "bert"
     if kind == "gpt" and tokenizer.eot_id is not None:

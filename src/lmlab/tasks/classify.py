@@ -25,8 +25,8 @@ import numpy as np
 from ..errors import LmlabError
 from ..files import atomic_write_json, read_json
 from .batching import pad_rows
-from .classifier_init import TRAIN_DEFAULTS, from_init, from_scratch, input_format, write_start
-from .labeled import load_labeled, pad_id, read_labeled, split_indices, write_prepared
+from .classifier_init import TRAIN_DEFAULTS, from_init, from_scratch, input_format_for, write_start
+from .labeled import load_labeled, padding_id, read_labeled, split_indices, write_prepared
 
 KINDS = ("encoder", "lstm", "gpt")
 INFO = "classify.json"
@@ -107,7 +107,7 @@ def train_classifier(train, out, kind: str = "encoder", val=None, init=None, tex
                                epochs, batch_size, learning_rate, seed)
     cfg = load_config(None, overrides, base={"model": model, "data": {"dir": str(out / "data")}, "train": train_cfg})
 
-    fmt = input_format(kind, tokenizer)
+    fmt = input_format_for(kind, tokenizer)
     length = min(max_length, getattr(cfg.model, "block_size", None) or max_length)
     start = time.perf_counter()
     index = {name: i for i, name in enumerate(names)}
@@ -177,8 +177,9 @@ def _train_section(defaults: dict, train_texts: int, val_texts: int, epochs, bat
     batch_size = batch_size or defaults["batch_size"]
     steps_per_epoch = math.ceil(train_texts / batch_size)
     max_iters = (epochs or defaults["epochs"]) * steps_per_epoch
-    return {"max_iters": max_iters, "batch_size": batch_size, "learning_rate": learning_rate or defaults["learning_rate"],
-            "min_lr": 0.0, "warmup_iters": max(1, round(0.06 * max_iters)), "weight_decay": 0.01, "beta2": 0.999,
+    lr = learning_rate or defaults["learning_rate"]
+    return {"max_iters": max_iters, "batch_size": batch_size, "learning_rate": lr, "min_lr": 0.0,
+            "warmup_iters": max(1, round(0.06 * max_iters)), "weight_decay": 0.01, "beta2": 0.999,
             "eval_interval": steps_per_epoch, "eval_iters": math.ceil(val_texts / batch_size),
             "save_interval": steps_per_epoch, "log_interval": 10, "seed": seed}
 
@@ -228,8 +229,9 @@ def _finish(run: Path, summary: dict, start: float) -> dict:
 def fit_generative_scales(model, ids: list, labels) -> tuple[float, float]:
     """For a GPT classifier with one LM per label (model.label_lms): the weights of its two scores,
     logits = head_scale * head logits + generative_scale * log P(text | label), that minimise the cross-entropy on
-    the validation texts (token `ids`, label indices; a two-feature logistic regression, fitted with L-BFGS), set in model.cfg (the caller
-    saves it). Fitted on held-out texts because both scores are overconfident on the texts they learned from."""
+    the validation texts (their token `ids` and label indices; a two-feature logistic regression, fitted with
+    L-BFGS), set in model.cfg (the caller saves it). Fitted on held-out texts because both scores are overconfident
+    on the texts they learned from."""
     import torch
 
     width = model.cfg.num_labels
@@ -296,7 +298,7 @@ def label_outputs(model, ids: list, width: int, fn, batch_size: int = 64) -> np.
     out = np.zeros((len(ids), width), dtype=np.float64)
     device = next(model.parameters()).device
     model.eval()
-    pad = pad_id(model.cfg)
+    pad = padding_id(model.cfg)
     for start in range(0, len(ids), batch_size):
         rows = order[start:start + batch_size]
         x, mask = collate([ids[i] for i in rows], pad)

@@ -195,7 +195,7 @@ def load_labeled(data_dir, split: str) -> tuple[list[np.ndarray], np.ndarray]:
     return ids, labels
 
 
-def pad_id(model_cfg) -> int:
+def padding_id(model_cfg) -> int:
     """The id a classifier's batches are padded with."""
     return getattr(model_cfg, "pad_id", 0)
 
@@ -205,7 +205,7 @@ def label_batches(cfg) -> LabelBatches:
     cfg.data.dir, batched as it says (group_by_length)."""
     meta = read_prepared_meta(cfg.data.dir)
     splits = {split: load_labeled(cfg.data.dir, split) for split in SPLITS}
-    return LabelBatches(splits, cfg.train.batch_size, pad_id(cfg.model), cfg.train.seed, meta["group_by_length"])
+    return LabelBatches(splits, cfg.train.batch_size, padding_id(cfg.model), cfg.train.seed, meta["group_by_length"])
 
 
 class LabelBatches:
