@@ -61,14 +61,14 @@ def minilm_dir() -> Path:
 
 
 def score(run, test_tsv) -> dict:
-    from lmlab.classify import evaluate_classifier
+    from lmlab.tasks.classify import evaluate_classifier
 
     r = evaluate_classifier(run, test_tsv, png=Path(run) / "confusion-test.png")
     return {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"]}
 
 
 def part_a(split, out, args):
-    from lmlab.classify import train_classifier
+    from lmlab.tasks.classify import train_classifier
 
     start = time.perf_counter()
     s = train_classifier(split / "train.tsv", out / "a-lstm", kind="lstm", seed=args.seed, progress=args.progress)
@@ -78,7 +78,7 @@ def part_a(split, out, args):
 
 
 def part_b(split, out, args):
-    from lmlab.classify import train_classifier
+    from lmlab.tasks.classify import train_classifier
 
     start = time.perf_counter()
     run = out / ("b-encoder" if args.group_by_length else "b-random-encoder")
@@ -94,7 +94,8 @@ def part_b(split, out, args):
 
 def part_c(split, out, args):
     import lmlab
-    from lmlab.classify import read_labeled, train_classifier
+    from lmlab.tasks.classify import train_classifier
+    from lmlab.tasks.labeled import read_labeled
 
     start = time.perf_counter()
     texts, _ = read_labeled(split / "train.tsv")
@@ -129,7 +130,8 @@ def part_c(split, out, args):
 
 def head_only_accuracy(run, test_tsv) -> float:
     """Test accuracy of a hybrid GPT classifier's head alone (without the label LMs' term)."""
-    from lmlab.classify import batched_outputs, load_classifier, read_labeled
+    from lmlab.tasks.classify import batched_outputs, load_classifier
+    from lmlab.tasks.labeled import read_labeled
 
     model, tokenizer, info = load_classifier(run)
     texts, labels = read_labeled(test_tsv)
@@ -141,7 +143,7 @@ def part_d(split, out, args):
     """Hugging Face model + a plain PyTorch loop, the settings of (b)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from lmlab.classify import read_labeled, split_indices
+    from lmlab.tasks.labeled import read_labeled, split_indices
     from lmlab.metrics import classification_report
 
     start = time.perf_counter()
@@ -209,7 +211,9 @@ def part_t(split, out, args):
 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from lmlab.classify import LabelBatches, encode_texts, load_backbone_into, read_labeled, split_indices
+    from lmlab.tasks.classifier_init import load_backbone_into
+    from lmlab.tasks.classify import encode_texts
+    from lmlab.tasks.labeled import LabelBatches, read_labeled, split_indices
     from lmlab.config import load_config
     from lmlab.hf import load_hf_bert
     from lmlab.models import build_model
@@ -331,7 +335,7 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from lmlab.classify import split_file
+    from lmlab.tasks.labeled import split_file
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import lmlab
-from lmlab.classify import (LabelBatches, collate, read_labeled, split_indices, train_classifier,
-                            write_tsv)
+from lmlab.tasks.classify import collate, train_classifier
+from lmlab.tasks.labeled import LabelBatches, read_labeled, split_indices, write_tsv
 from lmlab.errors import LmlabError
 from lmlab.metrics import classification_report
 from lmlab.models.classifier import pool
@@ -309,7 +309,7 @@ def test_gpt_pretrain_then_fine_tune(mr, review_gpt, tmp_path, capsys):
     assert cfg["family"] == "gpt_classifier" and cfg["block_size"] == 32 and cfg["lm_loss_weight"] == 0.5
     assert (tmp_path / "cls" / "tokenizer.json").read_text() == (review_gpt / "tokenizer.json").read_text()
     # The backbone starts as the pretrained GPT: with no steps it computes the GPT's own hidden states.
-    from lmlab.classify import _from_init
+    from lmlab.tasks.classifier_init import from_init as _from_init
     from lmlab.models import build_model
     from lmlab.config import load_config
 
@@ -325,7 +325,7 @@ def test_gpt_pretrain_then_fine_tune(mr, review_gpt, tmp_path, capsys):
 def test_gpt_with_one_lm_per_label(mr, review_gpt, tmp_path, capsys):
     """--label-lms: each label's LM learns its own texts, and the head + generative weights fitted on the
     validation texts fit them at least as well as the head alone."""
-    from lmlab.classify import batched_outputs, load_classifier
+    from lmlab.tasks.classify import batched_outputs, load_classifier
 
     texts, labels = mr
     pick = list(range(5000, 5150)) + list(range(5400, 5550))
@@ -353,7 +353,7 @@ def test_gpt_with_one_lm_per_label(mr, review_gpt, tmp_path, capsys):
     fitted = ce(model.cfg.head_scale, model.cfg.generative_scale)
     assert fitted <= ce(1.0, 0.0) + 1e-6 and fitted <= ce(model.cfg.head_scale * 1.2, model.cfg.generative_scale) + 1e-6
     # Predictions use that combination.
-    from lmlab.classify import predict
+    from lmlab.tasks.classify import predict
 
     shown = predict(tmp_path / "cls", vx[:5])
     want = torch.softmax(model.cfg.head_scale * head[:5] + model.cfg.generative_scale * generative[:5], dim=-1)

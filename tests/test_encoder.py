@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import lmlab
-from lmlab.classify import collate, read_labeled
+from lmlab.tasks.classify import collate
+from lmlab.tasks.labeled import read_labeled
 from lmlab.errors import LmlabError
 from lmlab.models.encoder import Encoder, MLMBlocks, mask_tokens
 from lmlab.models.layers import PostLNBlock
@@ -175,7 +176,7 @@ def test_classifier_head_equals_bert_for_sequence_classification(reviews):
 
 @needs_minilm
 def test_fine_tune_from_the_hf_directory(tmp_path, capsys):
-    from lmlab.classify import write_tsv
+    from lmlab.tasks.labeled import write_tsv
 
     texts, labels = read_labeled(ROOT / "data" / "rt-polarity")
     write_tsv(tmp_path / "train.tsv", texts[:20] + texts[-20:], labels[:20] + labels[-20:])
@@ -216,7 +217,7 @@ def test_config_and_weights_that_do_not_belong_together(tmp_path, capsys):
 @needs_minilm
 def test_converted_run_initialises_a_classifier(minilm_run, hf_bert, reviews):
     """`classify train --init RUN` on the converted run starts from exactly the MiniLM weights."""
-    from lmlab.classify import _from_init
+    from lmlab.tasks.classifier_init import from_init as _from_init
     from lmlab.config import load_config
     from lmlab.models import build_model
 

@@ -19,8 +19,8 @@ from lmlab.errors import LmlabError
 from lmlab.generate import GenerationConfig, beam_search
 from lmlab.metrics import text_metric
 from lmlab.models.seq2seq import Seq2Seq, Seq2SeqConfig
-from lmlab.seq2seq import (PairBatches, corrupt, load_pairs, load_seq2seq, prepare_pairs, read_lines,
-                           special_ids, translate)
+from lmlab.tasks.pairs import PairBatches, corrupt, load_pairs, prepare_pairs, read_lines, special_ids
+from lmlab.tasks.translate import load_seq2seq, translate
 
 from conftest import ROOT, read_metrics, run_main
 

@@ -23,8 +23,8 @@ _EXPORTS = {
     "GPT": "models.gpt", "GPTConfig": "models.gpt", "RNNLM": "models.rnn", "RNNConfig": "models.rnn",
     "TokenStreams": "data", "compare": "compare", "Tokenizer": "tokenizer", "load_tokenizer": "tokenizer",
     "Trainer": "train", "train": "train",
-    "Encoder": "models.encoder", "EncoderConfig": "models.encoder", "train_classifier": "classify",
-    "evaluate_classifier": "classify", "load_classifier": "classify", "read_labeled": "classify",
+    "Encoder": "models.encoder", "EncoderConfig": "models.encoder", "train_classifier": "tasks.classify",
+    "evaluate_classifier": "tasks.classify", "load_classifier": "tasks.classify", "read_labeled": "tasks.labeled",
 }
 __version__ = "0.1.0"
 __all__ = sorted(_EXPORTS)

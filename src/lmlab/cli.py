@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from .errors import LmlabError
+from .files import read_text
 
 
 # --------------------------------------------------------------------------- prepare
@@ -72,18 +73,12 @@ def _add_train(sub) -> None:
 
 
 def _launch_torchrun(args) -> None:
-    """Run this `lmlab train` in args.nproc processes through torchrun (its Python entry point, in this process),
-    exiting with the workers' status: 128 + signal after SIGINT / SIGTERM (each worker saved a checkpoint), a
-    failed worker's own code (it printed its error) otherwise."""
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import get_args_parser, run
-
-    if args.nproc < 1:
-        raise LmlabError(f"--nproc must be >= 1, got {args.nproc}.")
+    """Run this `lmlab train` in args.nproc processes through torchrun (lmlab.distributed.launch)."""
     from .config import load_config
+    from .distributed import check_nproc, launch
     from .train import resume_config
 
+    check_nproc(args.nproc)
     if args.resume:  # a bad config or run is reported once, here, rather than by every process
         resume_config(args.resume, args.overrides)
     elif not args.config:
@@ -98,14 +93,7 @@ def _launch_torchrun(args) -> None:
         argv.append("--quiet")
     for key, value in args.overrides.items():
         argv += [f"--{key}", str(value)]
-    launch = get_args_parser().parse_args(["--standalone", f"--nproc_per_node={args.nproc}", "-m", "lmlab", *argv])
-    try:
-        run(launch)
-    except SignalException as e:
-        raise SystemExit(128 + int(e.sigval)) from None
-    except ChildFailedError as e:
-        codes = [f.exitcode for f in e.failures.values()]
-        raise SystemExit(next((c for c in codes if c > 0), 128 - min(codes))) from None
+    launch(argv, args.nproc)
 
 
 def cmd_train(args) -> None:
@@ -203,7 +191,8 @@ def cmd_eval_seq2seq(args) -> None:
     from .files import atomic_write_text
     from .generate import GenerationConfig
     from .metrics import TEXT_METRICS, text_metric
-    from .seq2seq import load_seq2seq, read_lines, translate
+    from .tasks.pairs import read_lines
+    from .tasks.translate import load_seq2seq, translate
     from .train import resolve_device
 
     metric = (args.metric or "bleu").lower()
@@ -232,18 +221,6 @@ def cmd_eval_seq2seq(args) -> None:
     print(f"{args.run} on {args.data} ({len(hyps):,} lines, {decoding}) against {args.refs}:")
     print(f"  {result['text']}")
     print(f"  signature: {result['signature']}")
-
-
-def read_text(path: Path) -> str:
-    if not path.is_file():
-        raise LmlabError(f"{path} does not exist.")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise LmlabError(f"{path} is not UTF-8 text (bad byte at offset {e.start}).") from None
-    if not text:
-        raise LmlabError(f"{path} is empty.")
-    return text
 
 
 # --------------------------------------------------------------------------- generate
@@ -502,12 +479,16 @@ def _add_classify(sub) -> None:
     t = verbs.add_parser("train", help="train a classifier into a run directory",
                          description="Train a classifier. Any config field can be overridden with a dotted flag, "
                                      "e.g. --model.n_layer 2 --train.weight_decay 0.")
-    t.add_argument("--train", required=True, help="training data: TSV/CSV file or one-file-per-label directory")
+    t.add_argument("--train", help="training data: TSV/CSV file or one-file-per-label directory")
     t.add_argument("--val", help="validation data (default: hold out --val-fraction of --train)")
     t.add_argument("--model", choices=["encoder", "lstm", "gpt"], default="encoder")
     t.add_argument("--init", metavar="RUN_OR_HF_DIR",
                    help="start from an lmlab run (encoder or GPT) or a Hugging Face BERT directory")
-    t.add_argument("--out", required=True, help="run directory to write")
+    t.add_argument("--out", help="run directory to write")
+    t.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue an interrupted classifier run from its last checkpoint (its own data and settings)")
+    t.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train with N processes on this machine through torchrun, like `lmlab train --nproc N`")
     data_options(t)
     t.add_argument("--val-fraction", type=float, default=0.1, help="held out of --train when --val is not given")
     t.add_argument("--split-seed", type=int, default=0, help="seed of that held-out split")
@@ -532,7 +513,7 @@ def _add_classify(sub) -> None:
     t.add_argument("--vocab-size", type=int, default=None, help="vocabulary of a tokenizer built from --train")
     t.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=True,
                    help="batch texts of similar length together, less padding (default on)")
-    t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    t.add_argument("--device", default=None, help="cpu (default), cuda, cuda:N or auto")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_classify_train, accepts_overrides=True)
 
@@ -562,29 +543,53 @@ def _add_classify(sub) -> None:
 
 
 def cmd_classify_train(args) -> None:
-    from .classify import train_classifier
+    import signal
+
+    from .tasks.classify import resume_classifier, train_classifier
+    from .train import Interrupted
 
     overrides = dict(args.overrides)
-    overrides.setdefault("train.device", args.device)
+    if args.device is not None:
+        overrides.setdefault("train.device", args.device)
     options = {"pooling": args.pooling, "pooler": args.pooler, "bidirectional": args.bidirectional,
                "lm_loss_weight": args.lm_loss_weight, "label_lms": args.label_lms, "dropout": args.dropout,
                "vocab_size": args.vocab_size}
-    s = train_classifier(args.train, args.out, kind=args.model, val=args.val, init=args.init,
-                         text_column=args.text_column, label_column=args.label_column, encoding=args.encoding,
-                         val_fraction=args.val_fraction, split_seed=args.split_seed, max_length=args.max_length,
-                         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
-                         group_by_length=args.group_by_length, overrides=overrides, progress=not args.quiet,
-                         **options)
+    try:
+        if args.resume:
+            if args.train or args.out or args.init:
+                raise LmlabError("--resume continues a run with its own data and settings; leave out --train, --out "
+                                 "and --init (change settings with overrides such as --train.max_iters N).")
+            s = resume_classifier(args.resume, overrides, progress=not args.quiet, nproc=args.nproc)
+        elif not args.train or not args.out:
+            raise LmlabError("lmlab classify train needs --train DATA and --out RUN_DIR (or --resume RUN_DIR).")
+        else:
+            s = train_classifier(args.train, args.out, kind=args.model, val=args.val, init=args.init,
+                                 text_column=args.text_column, label_column=args.label_column, encoding=args.encoding,
+                                 val_fraction=args.val_fraction, split_seed=args.split_seed, max_length=args.max_length,
+                                 epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
+                                 group_by_length=args.group_by_length, overrides=overrides, progress=not args.quiet,
+                                 nproc=args.nproc, **options)
+    except Interrupted as e:  # SIGINT / SIGTERM: the checkpoint is saved; say how to continue, exit 128 + signal
+        print(f"lmlab classify train: {signal.Signals(e.signum).name} received: stopped after step {e.step} and saved "
+              f"a checkpoint in {e.run_dir}; continue with `lmlab classify train --resume {e.run_dir}`.",
+              file=sys.stderr)
+        raise SystemExit(128 + e.signum) from None
+    except SystemExit as e:  # --nproc: the processes were stopped (each saved a checkpoint) or failed
+        if isinstance(e.code, int) and e.code > 128 and (args.resume or args.out):
+            print(f"lmlab classify train: continue with `lmlab classify train --resume {args.resume or args.out} "
+                  f"--nproc {args.nproc}`.", file=sys.stderr)
+        raise
     m = s["val_metrics"]
     if "generative_scale" in s:
         print(f"label LMs: logits = {s['head_scale']:.3g} x head + {s['generative_scale']:.3g} x log P(text | label), "
               "fitted on the validation texts")
-    print(f"done: {args.model} classifier, {s['parameters']:,} parameters, {s['step']} steps in {s['wall_seconds']:.1f} s; "
-          f"validation accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}; run saved in {args.out}")
+    run = args.resume or args.out
+    print(f"done: {s['model']} classifier, {s['parameters']:,} parameters, {s['step']} steps in {s['wall_seconds']:.1f} s; "
+          f"validation accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}; run saved in {run}")
 
 
 def cmd_classify_eval(args) -> None:
-    from .classify import evaluate_classifier, format_report
+    from .tasks.classify import evaluate_classifier, format_report
     from .train import resolve_device
 
     report = evaluate_classifier(args.run, args.data, args.text_column, args.label_column, args.encoding,
@@ -598,7 +603,7 @@ def cmd_classify_eval(args) -> None:
 
 
 def cmd_classify_predict(args) -> None:
-    from .classify import predict
+    from .tasks.classify import predict
     from .train import resolve_device
 
     texts = [line.rstrip("\n") for line in sys.stdin if line.strip()] if args.texts == ["-"] else args.texts
@@ -611,7 +616,7 @@ def cmd_classify_predict(args) -> None:
 
 
 def cmd_classify_split(args) -> None:
-    from .classify import split_file
+    from .tasks.labeled import split_file
 
     info = split_file(args.source, args.out, fraction=args.fraction, seed=args.seed, text_column=args.text_column,
                       label_column=args.label_column, encoding=args.encoding)
@@ -705,7 +710,7 @@ def _noise(args) -> dict:
 
 
 def cmd_seq2seq_prepare(args) -> None:
-    from .seq2seq import prepare_denoise, prepare_pairs
+    from .tasks.pairs import prepare_denoise, prepare_pairs
 
     if args.text is not None:
         if args.src or args.tgt or args.val_src or args.val_tgt:
@@ -746,7 +751,8 @@ def cmd_seq2seq_train(args) -> None:
 
 def cmd_seq2seq_translate(args) -> None:
     from .generate import GenerationConfig
-    from .seq2seq import load_seq2seq, read_lines, translate
+    from .tasks.pairs import read_lines
+    from .tasks.translate import load_seq2seq, translate
     from .train import resolve_device
 
     cfg = GenerationConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
@@ -767,7 +773,7 @@ def cmd_seq2seq_translate(args) -> None:
 
 def cmd_seq2seq_pretrain(args) -> None:
     from .config import load_config
-    from .seq2seq import prepare_denoise
+    from .tasks.pairs import prepare_denoise
     from .train import train
 
     out = Path(args.out)

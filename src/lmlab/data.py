@@ -34,7 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import LmlabError
-from .files import atomic_write_json, read_json
+from .files import CONVERT, atomic_write_json, not_text_error, read_json
 from .tokenizer import Tokenizer, check_tokenizer_args, load_tokenizer, train_tokenizer
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 SPLITS = ("train", "val")
 FORMAT_VERSION = 1
+NOT_TEXT_FIX = f"{CONVERT} or move it out of the source"  # the end of the sentence for a file that is not UTF-8
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,10 +74,7 @@ def _read_lines(path: Path) -> Iterator[tuple[str, int]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise LmlabError(
-                    f"{path} is not UTF-8 text (bad byte 0x{raw[e.start]:02x} at byte offset {offset + e.start}, "
-                    f"line {lineno}); convert it to UTF-8 (e.g. `iconv -t UTF-8`) or move it out of the source."
-                ) from None
+                raise not_text_error(path, raw[e.start], offset + e.start, lineno, fix=NOT_TEXT_FIX) from None
             offset += len(raw)
             yield line, len(raw)
 
@@ -289,12 +287,19 @@ def _move_into_place(tmp: Path, out_dir: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def read_meta(data_dir) -> dict:
-    """meta.json of a prepared data directory."""
+def read_meta(data_dir, tasks: tuple[str, ...] | None = None, made_by: str = "lmlab prepare",
+              holds: str = "text") -> dict:
+    """meta.json of a prepared data directory, which the command `made_by` writes. With `tasks`, its "task" must be
+    one of them: a task workflow's directory (of `holds`, e.g. sentence pairs) names its task; `lmlab prepare`'s
+    have none."""
     path = Path(data_dir) / "meta.json"
     if not path.is_file():
-        raise LmlabError(f"{data_dir} has no meta.json; run `lmlab prepare` on your text into that directory first.")
-    return read_json(path)
+        raise LmlabError(f"{data_dir} has no meta.json; run `{made_by}` on your text into that directory first.")
+    meta = read_json(path)
+    if tasks is not None and meta.get("task") not in tasks:
+        raise LmlabError(f"{data_dir} was not prepared by `{made_by}` (no {' or '.join(tasks)} task in its "
+                         f"meta.json); the model trains on {holds}: prepare them with `{made_by}`.")
+    return meta
 
 
 def load_split(data_dir, split: str) -> np.ndarray:

@@ -243,3 +243,28 @@ def _fsdp_no_sync(module):
         yield
     finally:
         module.set_requires_gradient_sync(True)
+
+
+def check_nproc(nproc: int) -> None:
+    if nproc < 1:
+        raise LmlabError(f"--nproc must be >= 1, got {nproc}.")
+
+
+def launch(argv: list[str], nproc: int) -> None:
+    """Run `python -m lmlab <argv>` in nproc processes on this machine through torchrun (its Python entry point, in
+    this process, --standalone), returning when every worker succeeded and otherwise exiting with their status:
+    128 + signal after SIGINT / SIGTERM (each worker saved a checkpoint), a failed worker's own code (it printed its
+    error) otherwise."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    check_nproc(nproc)
+    args = get_args_parser().parse_args(["--standalone", f"--nproc_per_node={nproc}", "-m", "lmlab", *argv])
+    try:
+        run(args)
+    except SignalException as e:
+        raise SystemExit(128 + int(e.sigval)) from None
+    except ChildFailedError as e:
+        codes = [f.exitcode for f in e.failures.values()]
+        raise SystemExit(next((c for c in codes if c > 0), 128 - min(codes))) from None

@@ -1,12 +1,13 @@
-"""Atomic file writes: write to a temporary file in the same directory, fsync, then rename.
-
-A crash or kill -9 at any moment leaves either the old file or the new one, never half of one.
+"""Files: atomic writes (a temporary file in the same directory, fsync, then rename: a crash or kill -9 at any
+moment leaves either the old file or the new one, never half of one), a prepared directory published in one
+step (`staged_dir`), and reading a user's text file (`read_text`) with one sentence for each way it can be wrong.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
@@ -65,3 +66,57 @@ def read_json(path: str | os.PathLike) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise LmlabError(f"{path} is not valid JSON ({e}); restore or regenerate it.") from None
+
+
+@contextlib.contextmanager
+def staged_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """A temporary directory inside out_dir to write a prepared directory's files into. When the block succeeds
+    they are moved into out_dir, meta.json last (the old one is removed first), so meta.json only ever describes a
+    full set; when it fails they are deleted, and so is out_dir if this created it."""
+    out = Path(out_dir).resolve()
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".prepare-"))
+    try:
+        yield tmp
+        (out / "meta.json").unlink(missing_ok=True)
+        names = sorted(p.name for p in tmp.iterdir() if p.name != "meta.json") + ["meta.json"]
+        for name in names:
+            os.replace(tmp / name, out / name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+CONVERT = "convert it to UTF-8 (e.g. `iconv -t UTF-8`)"
+
+
+def not_text_error(path, bad_byte: int, offset: int, line: int, encoding: str = "UTF-8",
+                   fix: str = CONVERT) -> LmlabError:
+    """The one sentence for a file that does not decode: where the first bad byte is, and what to do."""
+    return LmlabError(f"{path} is not {encoding} text (bad byte 0x{bad_byte:02x} at byte offset {offset}, "
+                      f"line {line}); {fix}.")
+
+
+def read_text(path: str | os.PathLike, encoding: str = "UTF-8", *, empty_ok: bool = False,
+              fix: str = CONVERT) -> str:
+    """The whole text of a user's file, exactly as it is (a byte-order mark is kept). A missing file, an empty one
+    (unless empty_ok) and one that is not `encoding` text are user errors, each one sentence naming the file;
+    `fix` ends the last one (what to do about the encoding). The encoding is named in it as the caller spells it."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is not a file" if path.exists() else "does not exist"
+        raise LmlabError(f"{path} {what}; give a text file.")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as e:
+        raise not_text_error(path, raw[e.start], e.start, raw.count(b"\n", 0, e.start) + 1, encoding, fix) from None
+    except LookupError:
+        raise LmlabError(f"unknown text encoding {encoding!r}; use utf-8, cp1252 or latin-1.") from None
+    if not text and not empty_ok:
+        raise LmlabError(f"{path} is empty; give a file with some text.")
+    return text

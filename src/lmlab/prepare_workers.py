@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .errors import LmlabError
+from .files import not_text_error
 
 RANGE_BYTES = 4 << 20  # bytes per work unit
 LOOKAHEAD = 1 << 16  # bytes read at a time when looking for a cut
@@ -172,9 +172,9 @@ def _read(r: Range) -> str:
     except UnicodeDecodeError as e:
         offset = r.start + e.start
         lineno = _count_newlines(r.path, offset) + 1  # as the one-process reader reports it
-        raise LmlabError(
-            f"{r.path} is not UTF-8 text (bad byte 0x{raw[e.start]:02x} at byte offset {offset}, line {lineno}); "
-            "convert it to UTF-8 (e.g. `iconv -t UTF-8`) or move it out of the source.") from None
+        from .data import NOT_TEXT_FIX
+
+        raise not_text_error(r.path, raw[e.start], offset, lineno, fix=NOT_TEXT_FIX) from None
 
 
 def _count_newlines(path: Path, end: int) -> int:

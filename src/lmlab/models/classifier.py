@@ -1,7 +1,7 @@
 """What every text classifier shares (encoder, LSTM, GPT + head): the batch it reads, its loss, its checks.
 
 A classification batch is (ids [B, T] int64, mask [B, T] bool: true on real tokens, labels [B] int64), built by
-`lmlab.classify.LabelBatches` with right padding. A classifier answers `logits(ids, mask) -> [B, num_labels]`;
+`lmlab.tasks.labeled.LabelBatches` with right padding. A classifier answers `logits(ids, mask) -> [B, num_labels]`;
 `loss(batch)` is the mean cross-entropy on the labels (plus whatever auxiliary term the family adds), so the one
 Trainer fine-tunes every family. A classifier is not a CausalLM (models/base.py): eval / generate / compare / serve
 refuse it by that type, in one sentence.
@@ -56,8 +56,10 @@ class ClassifierMixin:
 
     @classmethod
     def training_data(cls, cfg):
-        raise LmlabError(f"a {cfg.model.family} model is a classifier: train it with `lmlab classify train`, "
-                         "not `lmlab train`.")
+        """Batches of a directory `lmlab classify train` prepared (labelled texts, encoded)."""
+        from ..tasks.labeled import label_batches
+
+        return label_batches(cfg)
 
 
 def head_init(linear: nn.Linear, std: float = 0.02) -> None:

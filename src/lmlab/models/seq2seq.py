@@ -165,7 +165,7 @@ class Seq2Seq(nn.Module):
         """Padded (source, target input, target output) batches of a `lmlab seq2seq prepare` directory; a
         monolingual (denoising) directory corrupts each source on the fly. Sets the special ids of cfg.model
         from the data's meta.json."""
-        from ..seq2seq import training_batches
+        from ..tasks.pairs import training_batches
 
         return training_batches(cfg)
 

@@ -1,5 +1,5 @@
-"""Sequence-to-sequence workflow: parallel (or monolingual) text -> prepared pairs -> batches for the one
-Trainer; translation with the one generation engine; BLEU / chrF / ROUGE of the output.
+"""Sequence-to-sequence data: parallel (or monolingual) text -> a prepared directory of pairs -> batches for the one
+Trainer (`PairBatches`). Translating with a trained model is lmlab.tasks.translate.
 
 Prepared directory (`prepare_pairs`, `prepare_denoise`; `lmlab seq2seq prepare`):
   tokenizer.json              one byte-level BPE vocabulary shared by source and target (HF `tokenizers`), with
@@ -22,21 +22,21 @@ replaced by one <mask> each (text infilling), all on BPE tokens, seeded by (seed
 """
 from __future__ import annotations
 
-import math
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .errors import LmlabError
-from .files import atomic_write_json, read_json
+from ..data import read_meta
+from ..errors import LmlabError
+from ..files import atomic_write_json, read_text, staged_dir
+from .batching import LengthBatching, ids_dtype, pad_rows, read_rows, write_rows
 
 PAD, MASK = "<pad>", "<mask>"
 TASKS = ("pairs", "denoise")
 NOISE_DEFAULTS = {"mask_ratio": 0.3, "poisson_lambda": 3.0, "delete": 0.1, "shuffle_window": 3.0}
 FORMAT_VERSION = 1
+PREPARE = "lmlab seq2seq prepare"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -46,17 +46,7 @@ FORMAT_VERSION = 1
 
 def read_lines(path) -> list[str]:
     """The lines of a UTF-8 text file, each stripped of surrounding whitespace (empty lines kept as "")."""
-    path = Path(path)
-    if not path.is_file():
-        raise LmlabError(f"{path} does not exist; give a text file with one sentence per line.")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise LmlabError(f"{path} is not UTF-8 text (bad byte 0x{raw[e.start]:02x} on line {line}); convert it "
-                         "to UTF-8 (e.g. `iconv -t UTF-8`).") from None
-    text = text.removeprefix("\ufeff")
+    text = read_text(path, empty_ok=True).removeprefix("\ufeff")
     return [line.strip() for line in text.splitlines()]
 
 
@@ -78,7 +68,7 @@ def read_parallel(src, tgt) -> tuple[list[str], list[str]]:
 
 def train_shared_bpe(texts, vocab_size: int):
     """A byte-level BPE tokenizer learned from source and target text together, plus <pad> and <mask>."""
-    from .tokenizer import BPETokenizer, train_tokenizer
+    from ..tokenizer import BPETokenizer, train_tokenizer
 
     if vocab_size is None:
         raise LmlabError("give --vocab-size for the shared BPE vocabulary (e.g. 8000 for Multi30k).")
@@ -101,7 +91,7 @@ def special_ids(tokenizer, source="the tokenizer") -> dict[str, int]:
 
 def resolve_tokenizer(tokenizer):
     """A Tokenizer from a Tokenizer, a tokenizer.json, a prepared directory or a run directory."""
-    from .tokenizer import Tokenizer, load_tokenizer
+    from ..tokenizer import Tokenizer, load_tokenizer
 
     if tokenizer is None or isinstance(tokenizer, Tokenizer):
         return tokenizer
@@ -116,19 +106,9 @@ def resolve_tokenizer(tokenizer):
 # ---------------------------------------------------------------------------------------------
 
 
-def _dtype(vocab_size: int) -> str:
-    return "uint16" if vocab_size <= 1 << 16 else "uint32"
-
-
 def _write_split(directory: Path, split: str, src: list[list[int]], tgt: list[list[int]], dtype: str) -> dict:
-    idx = np.zeros((len(src) + 1, 2), dtype=np.int64)
-    idx[1:, 0] = np.cumsum([len(s) for s in src])
-    idx[1:, 1] = np.cumsum([len(t) for t in tgt])
-    for side, rows in (("src", src), ("tgt", tgt)):
-        flat = np.fromiter((i for r in rows for i in r), dtype=dtype, count=int(idx[-1, 0 if side == "src" else 1]))
-        flat.tofile(directory / f"{split}.{side}.bin")
-    np.save(directory / f"{split}.idx.npy", idx)
-    return {"pairs": len(src), "src_tokens": int(idx[-1, 0]), "tgt_tokens": int(idx[-1, 1])}
+    tokens = write_rows(directory, split, {"src": src, "tgt": tgt}, dtype)
+    return {"pairs": len(src), "src_tokens": tokens["src"], "tgt_tokens": tokens["tgt"]}
 
 
 def _keep_nonempty(src: list[str], tgt: list[str]) -> tuple[list[str], list[str], int]:
@@ -138,30 +118,13 @@ def _keep_nonempty(src: list[str], tgt: list[str]) -> tuple[list[str], list[str]
 
 def _write_prepared(out_dir, meta: dict, tokenizer, splits: dict) -> dict:
     """Write every file into a temporary directory, then move them into out_dir (meta.json last)."""
-    import os
-
-    out = Path(out_dir).resolve()
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".prepare-"))
-    try:
-        dtype = _dtype(tokenizer.vocab_size)
-        names = ["tokenizer.json"]
+    with staged_dir(out_dir) as tmp:
+        dtype = ids_dtype(tokenizer.vocab_size)
         for split, (src_ids, tgt_ids) in splits.items():
             meta[split].update(_write_split(tmp, split, src_ids, tgt_ids, dtype))
-            names += [f"{split}.src.bin", f"{split}.tgt.bin", f"{split}.idx.npy"]
         meta["dtype"] = dtype
         tokenizer.save(tmp / "tokenizer.json")
         atomic_write_json(tmp / "meta.json", meta)
-        (out / "meta.json").unlink(missing_ok=True)
-        for name in names + ["meta.json"]:
-            os.replace(tmp / name, out / name)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    shutil.rmtree(tmp, ignore_errors=True)
     return meta
 
 
@@ -284,32 +247,15 @@ def corrupt(ids, rng: np.random.Generator, mask_id: int, mask_ratio: float = 0.3
 
 
 def read_prepared_meta(data_dir) -> dict:
-    path = Path(data_dir) / "meta.json"
-    if not path.is_file():
-        raise LmlabError(f"{data_dir} has no meta.json; prepare it with `lmlab seq2seq prepare` first.")
-    meta = read_json(path)
-    if meta.get("task") not in TASKS:
-        raise LmlabError(f"{data_dir} was not prepared by `lmlab seq2seq prepare` (no seq2seq task in its meta.json); "
-                         "a seq2seq model trains on sentence pairs: prepare them with `lmlab seq2seq prepare`.")
-    return meta
+    """meta.json of a directory `lmlab seq2seq prepare` wrote."""
+    return read_meta(data_dir, TASKS, PREPARE, "sentence pairs")
 
 
 def load_pairs(data_dir, split: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """(source ids, target ids) of every pair of a prepared split."""
-    data_dir = Path(data_dir)
     meta = read_prepared_meta(data_dir)
-    idx_path = data_dir / f"{split}.idx.npy"
-    if not idx_path.is_file():
-        raise LmlabError(f"{idx_path} is missing; run `lmlab seq2seq prepare` again.")
-    idx = np.load(idx_path)
-    out = []
-    for col, side in enumerate(("src", "tgt")):
-        path = data_dir / f"{split}.{side}.bin"
-        flat = np.fromfile(path, dtype=meta["dtype"]) if path.is_file() else np.zeros(0, meta["dtype"])
-        if len(flat) != idx[-1, col]:
-            raise LmlabError(f"{path} does not match {idx_path}; run `lmlab seq2seq prepare` again.")
-        out.append([flat[idx[i, col]:idx[i + 1, col]].astype(np.int64) for i in range(len(idx) - 1)])
-    return out[0], out[1]
+    src, tgt = read_rows(Path(data_dir), split, ("src", "tgt"), meta["dtype"], PREPARE)
+    return src, tgt
 
 
 class PairBatches:
@@ -324,7 +270,7 @@ class PairBatches:
     (batch i mod the number of batches). A denoise directory corrupts each source (see `corrupt`).
     """
 
-    BUCKET = 100
+    BUCKET = 100  # batches per length-sorted window
 
     def __init__(self, data_dir, batch_size: int, seed: int, block_size: int, eos_id: int, pad_id: int,
                  mask_id: int = -1, warn: bool = True):
@@ -334,13 +280,13 @@ class PairBatches:
         self.eos_id, self.pad_id, self.mask_id = eos_id, pad_id, mask_id
         self.noise = self.meta.get("noise") if self.meta["task"] == "denoise" else None
         self.warn = warn
-        self._splits: dict = {}
-        self._epoch: tuple[int, list] | None = None
+        self._splits: dict = {}  # split -> (source ids, target ids, LengthBatching)
 
     def __getstate__(self):
-        return {**self.__dict__, "_splits": {}, "_epoch": None}
+        return {**self.__dict__, "_splits": {}}
 
     def split(self, name: str):
+        """(source ids, target ids) of a split, loaded once."""
         if name not in self._splits:
             if name not in ("train", "val"):
                 raise LmlabError(f"unknown split {name!r}; use train or val.")
@@ -352,42 +298,21 @@ class PairBatches:
             if long and self.warn:
                 print(f"note: {long:,} {name} pair(s) of {self.data_dir} have a side longer than block_size - 1 = "
                       f"{limit} tokens; batches keep their first {limit} tokens.", file=sys.stderr)
-            self._splits[name] = (src, tgt)
-        return self._splits[name]
+            keys = np.array([len(t) * 1000 + len(s) for s, t in zip(src, tgt)])
+            order = LengthBatching(keys, self.batch_size, self.seed, shuffle=name == "train", window=self.BUCKET)
+            self._splits[name] = (src, tgt, order)
+        return self._splits[name][:2]
 
     def batches(self, name: str) -> int:
-        return math.ceil(len(self.split(name)[0]) / self.batch_size)
-
-    def _train_epoch(self, epoch: int) -> list[np.ndarray]:
-        if self._epoch is None or self._epoch[0] != epoch:
-            src, tgt = self.split("train")
-            rng = np.random.default_rng([self.seed, epoch])
-            order = rng.permutation(len(src))
-            lengths = np.array([len(t) * 1000 + len(s) for s, t in zip(src, tgt)])
-            window = self.BUCKET * self.batch_size
-            batches = []
-            for start in range(0, len(order), window):
-                chunk = order[start:start + window]
-                chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
-                batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-            batches = [batches[i] for i in rng.permutation(len(batches))]
-            self._epoch = (epoch, batches)
-        return self._epoch[1]
+        self.split(name)
+        return len(self._splits[name][2])
 
     def rows(self, name: str, index: int) -> np.ndarray:
         """The pair indices of batch `index` of a split."""
-        index = int(index)
-        if name == "train":
-            per_epoch = self.batches("train")
-            return self._train_epoch(index // per_epoch)[index % per_epoch]
-        src, tgt = self.split(name)
-        order = np.argsort([len(t) * 1000 + len(s) for s, t in zip(src, tgt)], kind="stable")
-        i = index % self.batches(name)
-        return order[i * self.batch_size:(i + 1) * self.batch_size]
+        self.split(name)
+        return self._splits[name][2].rows(index)
 
     def batch(self, name: str, index: int):
-        import torch
-
         src, tgt = self.split(name)
         rows = self.rows(name, index)
         limit = self.block_size - 1
@@ -396,19 +321,10 @@ class PairBatches:
             rng = np.random.default_rng([self.seed, ("train", "val").index(name), int(index), 7])
             sources = [corrupt(s, rng, self.mask_id, **self.noise)[:limit] for s in sources]
         targets = [tgt[i][:limit] for i in rows]
-        S = max(len(s) for s in sources) + 1
-        T = max(len(t) for t in targets) + 1
-        x = torch.full((len(rows), S), self.pad_id, dtype=torch.long)
-        y_in = torch.full((len(rows), T), self.pad_id, dtype=torch.long)
-        y_out = torch.full((len(rows), T), -100, dtype=torch.long)
-        for r, (s, t) in enumerate(zip(sources, targets)):
-            x[r, :len(s)] = torch.as_tensor(np.asarray(s, dtype=np.int64))
-            x[r, len(s)] = self.eos_id
-            t = torch.as_tensor(np.asarray(t, dtype=np.int64))
-            y_in[r, 0] = self.eos_id
-            y_in[r, 1:len(t) + 1] = t
-            y_out[r, :len(t)] = t
-            y_out[r, len(t)] = self.eos_id
+        eos = [self.eos_id]
+        x = pad_rows([np.concatenate([s, eos]) for s in sources], self.pad_id)
+        y_in = pad_rows([np.concatenate([eos, t]) for t in targets], self.pad_id)
+        y_out = pad_rows([np.concatenate([t, eos]) for t in targets], -100)
         return x, y_in, y_out
 
 
@@ -426,96 +342,3 @@ def training_batches(cfg) -> PairBatches:
                              "prepared with the model's tokenizer (--tokenizer RUN).")
     return PairBatches(cfg.data.dir, cfg.train.batch_size, cfg.train.seed, m.block_size, m.eos_id, m.pad_id,
                        m.mask_id)
-
-
-# ---------------------------------------------------------------------------------------------
-# Translation through lmlab.generate
-# ---------------------------------------------------------------------------------------------
-
-
-def load_seq2seq(run, device: str = "cpu"):
-    """(model, tokenizer) of a seq2seq run; any other run is a user error."""
-    from .checkpoint import load
-
-    model, tokenizer = load(run, device=device)
-    if getattr(model, "family", None) != "seq2seq":
-        raise LmlabError(f"{run} is a {getattr(model, 'family', 'n-gram')} model, not a seq2seq run; translate and "
-                         "--refs evaluation need a run trained with `lmlab seq2seq train`.")
-    return model, tokenizer
-
-
-def encode_sources(model, tokenizer, lines: list[str], warn: bool = True) -> list[list[int] | None]:
-    """Each line's source ids + <eos> (None for an empty line), cut to block_size tokens with a note."""
-    limit = model.cfg.block_size - 1
-    out, cut = [], 0
-    encoded = tokenizer.encode_lines([line.strip() for line in lines])
-    for line, ids in zip(lines, encoded):
-        if not line.strip():
-            out.append(None)
-            continue
-        if len(ids) > limit:
-            cut += 1
-            ids = ids[:limit]
-        out.append(list(ids) + [model.cfg.eos_id])
-    if cut and warn:
-        print(f"note: {cut:,} input line(s) have more than block_size - 1 = {limit} tokens; only their first "
-              f"{limit} tokens are translated.", file=sys.stderr)
-    return out
-
-
-def _pad(rows: list[list[int]], pad_id: int):
-    import torch
-
-    x = torch.full((len(rows), max(len(r) for r in rows)), pad_id, dtype=torch.long)
-    for i, r in enumerate(rows):
-        x[i, :len(r)] = torch.as_tensor(r, dtype=torch.long)
-    return x
-
-
-def translate(model, tokenizer, lines: list[str], cfg=None, batch_size: int = 64, progress: bool = False,
-              warn: bool = True) -> list[str]:
-    """The model's output for each input line (a translation, a summary, a reconstruction), in input order.
-
-    Decoding is lmlab.generate's: greedy (temperature 0, the default here) or sampling through `sample_steps`
-    on a batch of sources, beam search (num_beams > 1, with length_penalty) through `beam_search` one source at
-    a time. Outputs end at <eos>, or after min(max_new_tokens, block_size) tokens.
-    """
-    from dataclasses import replace
-
-    from tqdm import tqdm
-
-    from .generate import GenerationConfig, beam_search, sample_steps
-
-    cfg = cfg or GenerationConfig(temperature=0.0)
-    cfg = replace(cfg, num_return_sequences=1, max_new_tokens=min(cfg.max_new_tokens, model.cfg.block_size))
-    cfg.validate()
-    model.eval()
-    sources = encode_sources(model, tokenizer, lines, warn=warn)
-    out = [""] * len(lines)
-    todo = sorted((i for i, s in enumerate(sources) if s is not None), key=lambda i: len(sources[i]))
-    eos, start = model.cfg.eos_id, [model.cfg.eos_id]
-    bar = tqdm(total=len(todo), disable=not progress, file=sys.stderr, desc="translate", unit="line", leave=False)
-    step = 1 if cfg.num_beams > 1 else batch_size
-    for first in range(0, len(todo), step):
-        rows = todo[first:first + step]
-        bound = model.bind(_pad([sources[i] for i in rows], model.cfg.pad_id))
-        if cfg.num_beams > 1:
-            out[rows[0]] = beam_search(bound, tokenizer, start, cfg)[0].text.strip()
-        else:
-            ids: list[list[int]] = [[] for _ in rows]
-            done = [False] * len(rows)
-            for next_ids, _ in sample_steps(bound, start, cfg, first_sequence=first, batch=len(rows)):
-                for r, token in enumerate(next_ids.tolist()):
-                    if done[r]:
-                        continue
-                    if token == eos:
-                        done[r] = True
-                    else:
-                        ids[r].append(token)
-                if all(done):
-                    break
-            for i, row_ids in zip(rows, ids):
-                out[i] = tokenizer.decode(row_ids).strip()
-        bar.update(len(rows))
-    bar.close()
-    return out
