@@ -136,7 +136,8 @@ def train_classifier(train, out, kind: str = "encoder", val=None, init=None, tex
 def resume_classifier(run, overrides: dict | None = None, progress: bool = True, nproc: int = 1) -> dict:
     """Continue an interrupted classifier run from its last checkpoint (its config.yaml, with overrides such as a
     longer train.max_iters), then fit and evaluate it as train_classifier does."""
-    from ..train import resume_config, train
+    from ..runs import resume_config
+    from ..train import train
 
     _check_processes(nproc)
     run = Path(run)
@@ -197,7 +198,7 @@ def _launch(argv: list[str], nproc: int, run: Path, progress: bool) -> dict:
     """`lmlab <argv>` (a train command) in nproc processes; the summary of what they trained."""
     from .. import distributed
     from ..checkpoint import WEIGHTS
-    from ..train import weights_step
+    from ..checkpoint import weights_step
 
     distributed.launch(argv + ([] if progress else ["--quiet"]), nproc)
     return {"step": weights_step(run / WEIGHTS)}
@@ -207,7 +208,7 @@ def _finish(run: Path, summary: dict, start: float) -> dict:
     """After training: fit the label-LM weights (label_lms) and write the validation metrics into classify.json."""
     from ..checkpoint import save_model_config
     from ..config import load_config
-    from ..train import resolve_device
+    from ..runtime import resolve_device
 
     cfg = load_config(run / "config.yaml")
     shutil.rmtree(Path(cfg.data.dir) / "init", ignore_errors=True)  # the trained run no longer needs its start

@@ -56,6 +56,9 @@ class NGramOverTokens:
 
         return logprobs_last_by_steps(self, ids, state, n)
 
+    def num_parameters(self) -> int:
+        return self.model.num_parameters()
+
     def token_logprobs(self, ids) -> np.ndarray:
         """Natural-log probability of each run token given the ones before it (the first one given <s>)."""
         ids = [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
