@@ -215,7 +215,7 @@ def part_t(split, out, args):
     from lmlab.tasks.classify import encode_texts
     from lmlab.tasks.labeled import LabelBatches, read_labeled, split_indices
     from lmlab.config import load_config
-    from lmlab.hf import load_hf_bert
+    from lmlab.convert import load_hf_bert
     from lmlab.models import build_model
     from lmlab.train import Trainer
 

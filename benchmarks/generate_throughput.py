@@ -66,10 +66,10 @@ def lmlab_model(shape: str) -> GPT:
 
 
 def to_hf(model: GPT):
-    """The same weights as a transformers GPT2LMHeadModel (sdpa attention), through lmlab.hf."""
+    """The same weights as a transformers GPT2LMHeadModel (sdpa attention), through lmlab.convert."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from lmlab.hf import lmlab_to_gpt2
+    from lmlab.convert import lmlab_to_gpt2
 
     config, state = lmlab_to_gpt2(model)
     hf = GPT2LMHeadModel._from_config(GPT2Config(**config), attn_implementation="sdpa")

@@ -160,7 +160,7 @@ def test_converted_minilm_hidden_states_equal_transformers(minilm_run, hf_bert, 
 def test_classifier_head_equals_bert_for_sequence_classification(reviews):
     from transformers import BertForSequenceClassification
 
-    from lmlab.hf import load_hf_bert
+    from lmlab.convert import load_hf_bert
 
     torch.manual_seed(0)
     hf = BertForSequenceClassification.from_pretrained(str(MINILM), num_labels=3).eval()

@@ -1,4 +1,4 @@
-"""Hugging Face GPT-2 interop (lmlab.hf, `lmlab convert`, `lmlab train --init`), with no download.
+"""Hugging Face GPT-2 interop (lmlab.convert, `lmlab convert`, `lmlab train --init`), with no download.
 
 Every HF model here is a randomly initialised `transformers.GPT2LMHeadModel` built in the test and saved with
 `save_pretrained`; its tokenizer is a byte-level BPE trained in the test on a slice of Tiny Shakespeare.
@@ -13,7 +13,7 @@ import lmlab
 from lmlab.checkpoint import save_model_config, save_weights
 from lmlab.errors import LmlabError
 from lmlab.generate import complete
-from lmlab.hf import export_hf_gpt2, gpt2_to_lmlab, import_hf_gpt2, lmlab_to_gpt2
+from lmlab.convert import export_hf_gpt2, gpt2_to_lmlab, import_hf_gpt2, lmlab_to_gpt2
 from lmlab.models.gpt import GPT, GPTConfig
 from lmlab.tokenizer import EOT, load_tokenizer, train_tokenizer
 

@@ -231,3 +231,25 @@ def compare(paths, text: str, out_dir: str | Path = ".", plot_curves: bool = Fal
         out["interpolation"] = mix
         out["files"].append(out_dir / "interpolate.csv")
     return out
+
+
+def compare_command(models, data, out=".", plot_curves: bool = False, interpolate=None, device: str = "cpu") -> None:
+    """`lmlab compare`: the table, the interpolation's result, and the files written."""
+    import sys
+
+    from .files import read_text
+    from .runtime import resolve_device
+
+    result = compare(models, read_text(data), out, plot_curves=plot_curves,
+                     interpolate_pair=tuple(interpolate) if interpolate else None, device=str(resolve_device(device)))
+    print(result["table"])
+    mix = result.get("interpolation")
+    if mix:
+        print(f"\ninterpolation on the second half of {data} ({mix['tokens']:,} tokens, {mix['bytes']:,} bytes), "
+              f"weight tuned on the first half: {mix['weight_a']:.3f} x {mix['a']} + {1 - mix['weight_a']:.3f} x "
+              f"{mix['b']}\n  {mix['a']} alone: {mix['bits_per_byte_a']:.4f} bits/byte\n  {mix['b']} alone: "
+              f"{mix['bits_per_byte_b']:.4f} bits/byte\n  mix: {mix['bits_per_byte_mix']:.4f} bits/byte")
+    for name in result.get("curves_skipped", []):
+        print(f"note: no validation curve for {name} (no metrics.csv, or its data dir's meta.json is gone).",
+              file=sys.stderr)
+    print("\nwrote " + ", ".join(str(f) for f in result["files"]))

@@ -435,3 +435,21 @@ class TokenStreams(_SplitBatches):
         starts = np.arange(first, first + self.batch_size) * self.stream_length(split) + position * self.block_size
         rows = torch.from_numpy(data[starts[:, None] + np.arange(self.block_size + 1)].astype(np.int64))
         return rows[:, :-1].contiguous(), rows[:, 1:].contiguous(), torch.tensor(position == 0)
+
+
+def prepare_command(source, out, tokenizer: str = "char", vocab_size: int | None = None, val_fraction: float = 0.1,
+                    workers: int = 1, quiet: bool = False) -> None:
+    """`lmlab prepare`: `tokenizer` is a kind to build from the text (char, byte, word, bpe) or an existing
+    tokenizer.json / run directory to reuse; prints what was written."""
+    if tokenizer not in ("char", "byte", "word", "bpe"):
+        if not Path(tokenizer).exists():
+            raise LmlabError(f"--tokenizer {tokenizer!r} is neither char, byte, word, bpe nor an existing "
+                             "tokenizer.json or run directory.")
+        if vocab_size is not None:
+            raise LmlabError("--vocab-size builds a new tokenizer; leave it out when reusing one with "
+                             "--tokenizer PATH.")
+        tokenizer = load_tokenizer(tokenizer)
+    meta = prepare(source, out, tokenizer=tokenizer, vocab_size=vocab_size, val_fraction=val_fraction,
+                   progress=not quiet, workers=workers)
+    print(f"wrote {out}: vocab {meta['vocab_size']}, train {meta['train']['tokens']:,} tokens, "
+          f"val {meta['val']['tokens']:,} tokens ({meta['dtype']})")

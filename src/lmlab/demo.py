@@ -11,7 +11,7 @@ TEXT = PACKAGE / "texts" / "tinyshakespeare.txt"
 CONFIG = PACKAGE / "configs" / "shakespeare-char-baby.yaml"
 
 
-def run_demo(out: Path, max_iters: int = 2000) -> dict:
+def run_demo(out="runs/demo", max_iters: int = 2000) -> dict:
     from .checkpoint import load
     from .config import load_config
     from .data import prepare

@@ -299,3 +299,45 @@ def stream(model, tokenizer, prompt: str, cfg: GenerationConfig, sequence: int =
         for _, _, _, piece in events:
             if piece:
                 yield piece
+
+
+def generate_command(run, cfg: GenerationConfig, prompt: str = "\n", draft=None, stream_output: bool = True,
+                     logprobs: bool = False, device: str = "cpu", dtype: str = "fp32") -> None:
+    """`lmlab generate`: the prompt and each continuation on stdout, streamed as tokens arrive (beam search and
+    --logprobs print each sequence when it is done); with --draft, speculative decoding's acceptance on stderr."""
+    from .checkpoint import load
+    from .models.base import require_causal
+    from .runtime import resolve_device
+
+    cfg.validate()
+    if draft:
+        check_speculative(cfg)
+    model, tokenizer = load(run, device=str(resolve_device(device)))
+    require_causal(model, run)
+    model = decoding_model(model, dtype)
+    draft_model = load_draft(draft, tokenizer) if draft else None
+    stats = SpeculativeStats()
+    if not tokenizer.encode(prompt):  # unknown characters fail here, before the prompt is echoed
+        raise LmlabError("the prompt is empty after tokenization; give a non-empty --prompt.")
+    streaming = stream_output and cfg.num_beams == 1 and not logprobs
+    completions = None if streaming else complete(model, tokenizer, prompt, cfg, draft=draft_model, stats=stats)
+    for i in range(cfg.num_return_sequences):
+        if cfg.num_return_sequences > 1:
+            print(f"--- sample {i + 1} ---", flush=True)
+        sys.stdout.write(prompt)
+        pieces = (stream(model, tokenizer, prompt, cfg, sequence=i, draft=draft_model, stats=stats) if streaming
+                  else [completions[i].text])
+        for piece in pieces:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        if logprobs:
+            c = completions[i]
+            for token, lp in zip(c.token_ids, c.logprobs):
+                sys.stdout.write(f"{token}\t{tokenizer.decode([token])!r}\t{lp:.4f}\n")
+            sys.stdout.write(f"total log p {sum(c.logprobs):.4f} over {len(c.logprobs)} tokens ({c.finish_reason})\n")
+    sys.stdout.flush()
+    if draft_model is not None:
+        print(f"speculative decoding: accepted {stats.accepted:,} of {stats.drafted:,} draft tokens "
+              f"({stats.acceptance_rate:.0%}); {stats.tokens:,} tokens in {stats.target_calls:,} passes of the model",
+              file=sys.stderr)

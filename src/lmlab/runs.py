@@ -31,6 +31,22 @@ def start_run_dir(run_dir: Path, cfg: Config, tokenizer_path: str | Path | None)
                          "writable, free some disk space or choose another --out.") from None
 
 
+def command_config(config=None, out=None, resume=None, init=None,
+                   overrides: dict[str, str] | None = None) -> tuple[Config, Path]:
+    """The config and run directory that `lmlab train`'s options name: --resume RUN, or --config FILE (with --init
+    RUN to fine-tune; --out, default runs/<config name>). Every check runs here, before anything is written."""
+    from .config import load_config
+
+    if resume and init:
+        raise LmlabError("--init starts a new run and --resume continues one; give only one of them.")
+    if resume:  # train() refuses a corrupt or mismatched checkpoint before the run is touched
+        return resume_config(resume, overrides), Path(resume)
+    if not config:
+        raise LmlabError("lmlab train needs --config FILE (see configs/) or --resume RUN_DIR.")
+    cfg = init_config(init, config, overrides) if init else load_config(config, overrides)
+    return cfg, Path(out or Path("runs") / Path(config).stem)
+
+
 def resume_config(run_dir: str | Path, overrides: dict[str, str] | None = None) -> Config:
     """The config a run was started with (config.yaml), with optional overrides such as a longer max_iters."""
     run_dir = Path(run_dir)

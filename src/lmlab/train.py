@@ -27,6 +27,7 @@ disk, no permission) is a clear error that keeps the previous checkpoint.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import sys
 import time
@@ -42,8 +43,7 @@ from .data import ShardedData, read_meta
 from .errors import LmlabError
 from .report import MetricsLog, plot_loss, truncate_metrics
 from .resume import Checkpoints
-from .runs import check_same_tokenizer, load_init_weights, start_run_dir
-from .runs import init_config, resume_config  # noqa: F401 (cli.py still imports them from lmlab.train)
+from .runs import check_same_tokenizer, command_config, load_init_weights, start_run_dir
 from .runtime import StopSignals, autocast_context, resolve_device, tune_allocator
 
 
@@ -313,3 +313,36 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
     summary = trainer.fit()
     summary["parameters"] = sum(p.numel() for p in model.parameters())
     return summary
+
+
+def require_family(cfg: Config, family: str) -> None:
+    """A verb that trains one family (`lmlab seq2seq train`) refuses a config of another."""
+    if cfg.model.family != family:
+        raise LmlabError(f"the config's model.family is {cfg.model.family!r}; lmlab {family} trains model.family "
+                         f"{family} (use `lmlab train` for other families).")
+
+
+def train_command(config=None, out=None, resume=None, init=None, nproc: int | None = None, quiet: bool = False,
+                  overrides: dict | None = None, family: str | None = None) -> None:
+    """`lmlab train` (and `lmlab seq2seq train`, for `family`): train or resume a run, in `nproc` processes through
+    torchrun when asked (lmlab.distributed.launch); SIGINT / SIGTERM save a checkpoint and exit with 128 + signal."""
+    if nproc not in (None, 1):
+        distributed.check_nproc(nproc)
+    cfg, run_dir = command_config(config, out, resume, init, overrides)  # a bad config is reported once, here
+    if family is not None:
+        require_family(cfg, family)
+    if nproc not in (None, 1) and "LOCAL_RANK" not in os.environ:
+        options = {"config": config, "out": out, "resume": resume, "init": init}
+        argv = ["train", *(f"--{k}={v}" for k, v in options.items() if v), *(["--quiet"] if quiet else [])]
+        distributed.launch(argv + [f"--{k}={v}" for k, v in (overrides or {}).items()], nproc)
+        return
+    speaks = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks for every process
+    try:
+        summary = train(cfg, run_dir, resume=bool(resume), progress=not quiet, init=init)
+    except Interrupted as e:  # the checkpoint is saved: say so and exit with 128 + signal
+        if speaks:
+            print(f"lmlab train: {e}", file=sys.stderr)
+        raise SystemExit(128 + e.signum) from None
+    if speaks:
+        print(f"done: step {summary['step']}, best val loss {summary['best_val_loss']:.4f}, "
+              f"{summary['tokens_per_sec']:,.0f} tokens/s; run saved in {run_dir} (loss curve: {run_dir / 'loss.png'})")

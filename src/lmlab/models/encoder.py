@@ -9,7 +9,7 @@ blocks (bidirectional attention, GELU MLP; layers.PostLNBlock) -> hidden states 
   ("mean"), BERT's pooler (dense + tanh; pooler true), dropout, a linear layer. Trained by `lmlab classify`.
 - nothing (an imported BertModel without its pretraining heads: num_labels 0, mlm_head false): hidden states only.
 
-Weights import from any Hugging Face BertModel (`lmlab convert --from hf-bert`, lmlab.hf): hidden states match
+Weights import from any Hugging Face BertModel (`lmlab convert --from hf-bert`, lmlab.convert): hidden states match
 transformers' to float rounding.
 """
 from __future__ import annotations

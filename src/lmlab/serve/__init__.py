@@ -74,9 +74,11 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000, api_key: 
     if not is_loopback(host) and not api_key:
         raise LmlabError(f"--host {host} makes the server reachable from other machines; give --api-key KEY "
                          "(or set LMLAB_API_KEY), or bind to 127.0.0.1.")
+    from ..runtime import resolve_device
+
     check_limits(**limits)
     check_port(host, port)
-    app = create_app(load_models(specs, device=device), Limits(**limits), api_key=api_key)
+    app = create_app(load_models(specs, device=str(resolve_device(device))), Limits(**limits), api_key=api_key)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
 
 

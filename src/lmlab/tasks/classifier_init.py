@@ -52,7 +52,7 @@ def from_init(kind: str, init, max_length: int, num_labels: int, options: dict):
         if kind != "encoder":
             raise LmlabError(f"--init {path} is a Hugging Face model; it initialises --model encoder (a BERT); for "
                              "GPT-2 convert it first with `lmlab convert` and give --model gpt the run.")
-        from .. import hf
+        from ..convert import hf_bert as hf
 
         cfg, tensors, tokenizer = hf.load_hf_bert(path)
         base = cfg

@@ -361,3 +361,84 @@ def format_report(report: dict) -> str:
     lines.append(markdown_table(["true \\ predicted", *labels],
                                 [[l, *row] for l, row in zip(labels, report["confusion"])]))
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# The `lmlab classify` verbs
+# ---------------------------------------------------------------------------------------------
+
+
+def train_command(train=None, out=None, resume=None, model: str = "encoder", init=None, device: str | None = None,
+                  nproc: int = 1, quiet: bool = False, overrides: dict | None = None, lr: float | None = None,
+                  **settings) -> None:
+    """`lmlab classify train` (or --resume): train, then print the validation result. `settings`: the keyword
+    arguments of train_classifier (columns, split, lengths, epochs, model options). SIGINT / SIGTERM save a
+    checkpoint and exit with 128 + signal, saying how to continue."""
+    import signal
+    import sys
+
+    from ..train import Interrupted
+
+    overrides = dict(overrides or {})
+    if device is not None:
+        overrides.setdefault("train.device", device)
+    try:
+        if resume:
+            if train or out or init:
+                raise LmlabError("--resume continues a run with its own data and settings; leave out --train, --out "
+                                 "and --init (change settings with overrides such as --train.max_iters N).")
+            s = resume_classifier(resume, overrides, progress=not quiet, nproc=nproc)
+        elif not train or not out:
+            raise LmlabError("lmlab classify train needs --train DATA and --out RUN_DIR (or --resume RUN_DIR).")
+        else:
+            s = train_classifier(train, out, kind=model, init=init, learning_rate=lr, overrides=overrides,
+                                 progress=not quiet, nproc=nproc, **settings)
+    except Interrupted as e:
+        print(f"lmlab classify train: {signal.Signals(e.signum).name} received: stopped after step {e.step} and saved "
+              f"a checkpoint in {e.run_dir}; continue with `lmlab classify train --resume {e.run_dir}`.",
+              file=sys.stderr)
+        raise SystemExit(128 + e.signum) from None
+    except SystemExit as e:  # --nproc: the processes were stopped (each saved a checkpoint) or failed
+        if isinstance(e.code, int) and e.code > 128 and (resume or out):
+            print(f"lmlab classify train: continue with `lmlab classify train --resume {resume or out} "
+                  f"--nproc {nproc}`.", file=sys.stderr)
+        raise
+    m = s["val_metrics"]
+    if "generative_scale" in s:
+        print(f"label LMs: logits = {s['head_scale']:.3g} x head + {s['generative_scale']:.3g} x log P(text | label), "
+              "fitted on the validation texts")
+    print(f"done: {s['model']} classifier, {s['parameters']:,} parameters, {s['step']} steps in {s['wall_seconds']:.1f} s; "
+          f"validation accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}; run saved in {resume or out}")
+
+
+def eval_command(run, data, text_column=None, label_column=None, encoding=None, png=None, json_output: bool = False,
+                 device: str = "cpu") -> None:
+    """`lmlab classify eval`: the report (or its JSON) and the confusion matrix drawn."""
+    import json
+
+    from ..runtime import resolve_device
+
+    report = evaluate_classifier(run, data, text_column, label_column, encoding, png=png,
+                                 device=str(resolve_device(device)))
+    if json_output:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"{run} on {data}")
+    print(format_report(report))
+    print(f"\nconfusion matrix drawn in {report['png']}")
+
+
+def predict_command(run, texts: list[str], json_output: bool = False, device: str = "cpu") -> None:
+    """`lmlab classify predict`: each text's label and class probabilities ('-': one text per line of stdin)."""
+    import json
+    import sys
+
+    from ..runtime import resolve_device
+
+    texts = [line.rstrip("\n") for line in sys.stdin if line.strip()] if texts == ["-"] else texts
+    for r in predict(run, texts, device=str(resolve_device(device))):
+        if json_output:
+            print(json.dumps(r))
+        else:
+            probs = "  ".join(f"{label} {p:.4f}" for label, p in r["probabilities"].items())
+            print(f"{r['label']}\t{probs}\t{r['text']}")

@@ -255,3 +255,10 @@ class LabelBatches:
         rows = self._batching(name).rows(index)
         x, mask = pad_rows([ids[i] for i in rows], self.pad_id, mask=True)
         return x, mask, torch.as_tensor(np.asarray([labels[i] for i in rows], dtype=np.int64))
+
+
+def split_command(source, out, fraction: float = 0.1, seed: int = 0, **read) -> None:
+    """`lmlab classify split`: train.tsv and test.tsv in `out`, and what they hold."""
+    info = split_file(source, out, fraction=fraction, seed=seed, **read)
+    print(f"wrote {Path(out) / 'train.tsv'} ({info['train']:,} texts) and {Path(out) / 'test.tsv'} "
+          f"({info['test']:,} texts); labels {', '.join(info['labels'])}")

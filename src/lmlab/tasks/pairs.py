@@ -342,3 +342,25 @@ def training_batches(cfg) -> PairBatches:
                              "prepared with the model's tokenizer (--tokenizer RUN).")
     return PairBatches(cfg.data.dir, cfg.train.batch_size, cfg.train.seed, m.block_size, m.eos_id, m.pad_id,
                        m.mask_id)
+
+
+def prepare_command(out, src=None, tgt=None, val_src=None, val_tgt=None, text=None, val_text=None, tokenizer=None,
+                    vocab_size=None, val_fraction: float = 0.05, noise: dict | None = None) -> None:
+    """`lmlab seq2seq prepare`: pairs (--src/--tgt) or monolingual lines for denoising (--text), and a summary."""
+    if text is not None:
+        if src or tgt or val_src or val_tgt:
+            raise LmlabError("give either --text (monolingual, for denoising) or --src and --tgt (pairs), not both.")
+        meta = prepare_denoise(text, out, tokenizer=tokenizer, vocab_size=vocab_size, val_fraction=val_fraction,
+                               noise=noise, val_text=val_text)
+        what = "lines"
+    else:
+        if not src or not tgt:
+            raise LmlabError("lmlab seq2seq prepare needs --src and --tgt (parallel files), or --text.")
+        meta = prepare_pairs(src, tgt, out, val_src=val_src, val_tgt=val_tgt, tokenizer=tokenizer,
+                             vocab_size=vocab_size, val_fraction=val_fraction)
+        what = "pairs"
+    tr, va = meta["train"], meta["val"]
+    skipped = tr["skipped_empty"] + va["skipped_empty"]
+    note = f"; skipped {skipped:,} pair(s) with an empty side" if skipped else ""
+    print(f"wrote {out}: {meta['task']}, shared vocab {meta['vocab_size']:,}, train {tr['pairs']:,} {what} "
+          f"({tr['src_tokens']:,} + {tr['tgt_tokens']:,} tokens), val {va['pairs']:,} {what}{note}")

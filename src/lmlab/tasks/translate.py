@@ -1,6 +1,6 @@
 """Sequence-to-sequence workflow: translation (or summarization, reconstruction) with a trained encoder-decoder
-through lmlab.generate's decoding; its data is prepared and batched by lmlab.tasks.pairs, and `lmlab eval --refs`
-scores the output (BLEU / chrF / ROUGE, lmlab.metrics).
+on the one decoding driver; its data is prepared and batched by lmlab.tasks.pairs, `lmlab eval --refs` scores the
+output (BLEU / chrF / ROUGE, lmlab.metrics), and denoising pretraining prepares then trains (`seq2seq pretrain`).
 
 Input lines are stripped; an empty input line gives an empty output line, so line numbers stay aligned. A line
 longer than the model's block_size is cut to its first block_size - 1 tokens (a note on stderr says how many), and
@@ -18,9 +18,11 @@ def load_seq2seq(run, device: str = "cpu"):
     """(model, tokenizer) of a seq2seq run; any other run is a user error."""
     from ..checkpoint import load
 
+    from ..models.base import EncoderDecoder
+
     model, tokenizer = load(run, device=device)
-    if getattr(model, "family", None) != "seq2seq":
-        raise LmlabError(f"{run} is a {getattr(model, 'family', 'n-gram')} model, not a seq2seq run; translate and "
+    if not isinstance(model, EncoderDecoder):
+        raise LmlabError(f"{run} is a {model.family} model, not a seq2seq run; translate and "
                          "--refs evaluation need a run trained with `lmlab seq2seq train`.")
     return model, tokenizer
 
@@ -48,15 +50,19 @@ def translate(model, tokenizer, lines: list[str], cfg=None, batch_size: int = 64
               warn: bool = True) -> list[str]:
     """The model's output for each input line (a translation, a summary, a reconstruction), in input order.
 
-    Decoding is lmlab.generate's: greedy (temperature 0, the default here) or sampling through `sample_steps`
-    on a batch of sources, beam search (num_beams > 1, with length_penalty) through `beam_search` one source at
-    a time. Outputs end at <eos>, or after min(max_new_tokens, block_size) tokens.
+    Decoding is the one driver's (lmlab.decoding): each batch of sources is bound to the model (their encoder
+    output computed once), and its target rows, all starting with <eos>, decode greedily (temperature 0, the
+    default here) or by sampling, row i of the batch drawing from seed + i; they end at <eos> (the rows' own
+    rule) or after min(max_new_tokens, block_size) tokens. Beam search (num_beams > 1, with length_penalty) runs
+    one source at a time.
     """
     from dataclasses import replace
 
     from tqdm import tqdm
 
-    from ..generate import GenerationConfig, beam_search, sample_steps
+    from ..decoding import Row, decode
+    from ..generate import GenerationConfig, beam_search
+    from ..sampling import Sampling, make_generators
 
     cfg = cfg or GenerationConfig(temperature=0.0)
     cfg = replace(cfg, num_return_sequences=1, max_new_tokens=min(cfg.max_new_tokens, model.cfg.block_size))
@@ -65,29 +71,94 @@ def translate(model, tokenizer, lines: list[str], cfg=None, batch_size: int = 64
     sources = encode_sources(model, tokenizer, lines, warn=warn)
     out = [""] * len(lines)
     todo = sorted((i for i, s in enumerate(sources) if s is not None), key=lambda i: len(sources[i]))
-    eos, start = model.cfg.eos_id, [model.cfg.eos_id]
+    eos, sampling = model.cfg.eos_id, Sampling.from_config(cfg)
     bar = tqdm(total=len(todo), disable=not progress, file=sys.stderr, desc="translate", unit="line", leave=False)
     step = 1 if cfg.num_beams > 1 else batch_size
     for first in range(0, len(todo), step):
-        rows = todo[first:first + step]
-        bound = model.bind(pad_rows([sources[i] for i in rows], model.cfg.pad_id))
+        batch = todo[first:first + step]
+        bound = model.bind(pad_rows([sources[i] for i in batch], model.cfg.pad_id))
         if cfg.num_beams > 1:
-            out[rows[0]] = beam_search(bound, tokenizer, start, cfg)[0].text.strip()
+            out[batch[0]] = beam_search(bound, tokenizer, [eos], cfg)[0].text.strip()
         else:
-            ids: list[list[int]] = [[] for _ in rows]
-            done = [False] * len(rows)
-            for next_ids, _ in sample_steps(bound, start, cfg, first_sequence=first, batch=len(rows)):
-                for r, token in enumerate(next_ids.tolist()):
-                    if done[r]:
-                        continue
-                    if token == eos:
-                        done[r] = True
-                    else:
-                        ids[r].append(token)
-                if all(done):
-                    break
-            for i, row_ids in zip(rows, ids):
-                out[i] = tokenizer.decode(row_ids).strip()
-        bar.update(len(rows))
+            generators = make_generators(cfg, first + len(batch))[first:]
+            rows = [Row([eos], sampling, g, cfg.new_tokens(1), eot=eos) for g in generators]
+            for _ in decode(bound, rows):
+                pass
+            for i, row in zip(batch, rows):
+                out[i] = tokenizer.decode(row.tokens).strip()
+        bar.update(len(batch))
     bar.close()
     return out
+
+
+def read_input(path) -> list[str]:
+    """The lines to translate: a file's, or stdin's for "-" (stripped, empty lines kept)."""
+    from .pairs import read_lines
+
+    return [line.strip() for line in sys.stdin.read().splitlines()] if str(path) == "-" else read_lines(path)
+
+
+def translate_command(run, cfg, input="-", batch_size: int = 64, device: str = "cpu") -> None:
+    """`lmlab seq2seq translate`: each input line's output on stdout, one line per line."""
+    from ..runtime import resolve_device
+
+    cfg.validate()
+    if batch_size < 1:
+        raise LmlabError(f"--batch-size must be >= 1, got {batch_size}.")
+    lines = read_input(input)
+    model, tokenizer = load_seq2seq(run, device=str(resolve_device(device)))
+    for line in translate(model, tokenizer, lines, cfg, batch_size=batch_size):
+        sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def evaluate_translation(run, data, refs, cfg, metric: str | None = None, hyps=None, device: str = "cpu",
+                         progress: bool = False) -> dict:
+    """`lmlab eval RUN --data SRC --refs REF --metric bleu|chrf|rouge`: decode SRC, score against REF."""
+    from ..files import atomic_write_text
+    from ..metrics import TEXT_METRICS, text_metric
+    from ..runtime import resolve_device
+    from .pairs import read_lines
+
+    name = (metric or "bleu").lower()
+    if name not in TEXT_METRICS:
+        raise LmlabError(f"unknown metric {metric!r}; use --metric {', '.join(TEXT_METRICS)}.")
+    if refs is None:
+        raise LmlabError("--metric scores a seq2seq run's output against references; give --refs FILE too.")
+    sources, references = read_lines(data), read_lines(refs)
+    if len(sources) != len(references):
+        raise LmlabError(f"{data} has {len(sources):,} lines but {refs} has {len(references):,}; give one "
+                         "reference line per input line.")
+    model, tokenizer = load_seq2seq(run, device=str(resolve_device(device)))
+    cfg.validate()
+    outputs = translate(model, tokenizer, sources, cfg, progress=progress)
+    if hyps:
+        atomic_write_text(hyps, "".join(h + "\n" for h in outputs))
+    result = text_metric(outputs, references, name)
+    decoding = f"beam {cfg.num_beams}" if cfg.num_beams > 1 else "greedy"
+    result.update(run=str(run), data=str(data), refs=str(refs), lines=len(outputs), num_beams=cfg.num_beams,
+                  report=f"{run} on {data} ({len(outputs):,} lines, {decoding}) against {refs}:\n  {result['text']}\n"
+                         f"  signature: {result['signature']}")
+    return result
+
+
+def pretrain_command(text, config, out, overrides: dict | None = None, tokenizer=None, vocab_size=None,
+                     val_text=None, val_fraction: float = 0.05, noise: dict | None = None, quiet: bool = False) -> None:
+    """`lmlab seq2seq pretrain`: prepare monolingual lines into OUT/data, then train the denoising autoencoder."""
+    from pathlib import Path
+
+    from ..config import load_config
+    from ..train import require_family, train
+    from .pairs import prepare_denoise
+
+    out = Path(out)
+    if (out / "trainer_state.pt").exists():
+        raise LmlabError(f"{out} already holds a run; choose another --out.")
+    cfg = load_config(config, {**(overrides or {}), "data.dir": str(out / "data")})
+    require_family(cfg, "seq2seq")
+    meta = prepare_denoise(text, out / "data", tokenizer=tokenizer, vocab_size=vocab_size, val_fraction=val_fraction,
+                           noise=noise, val_text=val_text)
+    print(f"denoising data: {meta['train']['pairs']:,} train lines, {meta['val']['pairs']:,} val lines in {out / 'data'}")
+    summary = train(cfg, out, progress=not quiet)
+    print(f"done: step {summary['step']}, best val loss {summary['best_val_loss']:.4f}; pretrained run in {out}; "
+          f"fine-tune it with `lmlab seq2seq train --config CONFIG --init {out}`")

@@ -1,4 +1,5 @@
-"""The `lmlab ngram` verbs as library calls: train_file (`ngram train`), load_ngram + query_report (`ngram query`).
+"""The `lmlab ngram` verbs as library calls: train_command / train_file (`ngram train`), query_command, load_ngram and
+query_report (`ngram query`).
 
 Reads: a training text file / an .arpa or .npz model and the text to score. Writes: a model file and its summary
 line / KenLM ``query``'s lines (log10).
@@ -24,6 +25,30 @@ def train_file(data, out, **options) -> str:
         model.save_arpa(out)
     counts = " ".join(f"{n + 1}-grams {c:,}" for n, c in enumerate(model.info["counts"]))
     return f"wrote {out}: {model.info['tokens']:,} tokens, vocab {model.vocab_size:,}, {counts}"
+
+
+def train_command(data, out, order: int = 5, tokenizer="word", smoothing: str = "mkn", k: float = 1.0,
+                  discount_fallback=None, skip_symbols: bool = False, prune=None, limit_vocab_file=None,
+                  encoding: str = "utf-8", quiet: bool = False) -> None:
+    """`lmlab ngram train`: the model file, and its summary line on stderr. discount_fallback: None (off), [] (lmplz's
+    defaults) or one to three discounts."""
+    import sys
+
+    fallback = None if discount_fallback is None else (list(discount_fallback) or True)
+    print(train_file(data, out, order=order, smoothing=smoothing, discount_fallback=fallback, prune=prune,
+                     limit_vocab=limit_vocab_file, progress=not quiet, tokenizer=tokenizer, skip_symbols=skip_symbols,
+                     k=k, encoding=encoding), file=sys.stderr)
+
+
+def query_command(model, data=None, summary: bool = False) -> None:
+    """`lmlab ngram query`: KenLM query's lines for the text of `data` (default: stdin) on stdout."""
+    import sys
+
+    from ...files import read_text
+
+    lm = load_ngram(model)  # a bad model fails before stdin is read
+    for line in query_report(lm, read_text(data) if data else sys.stdin.read(), summary=summary):
+        sys.stdout.write(line)
 
 
 def load_ngram(path, tokenizer=None) -> NGramLM:

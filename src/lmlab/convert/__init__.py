@@ -1,0 +1,62 @@
+"""`lmlab convert`: checkpoints of other tools <-> lmlab run directories, one module per format.
+
+FORMATS maps a format name to its reader (`--from FORMAT SRC --out RUN`) and writer (`RUN --to FORMAT DIR`); each
+returns the line `lmlab convert` prints. A new format is one new module here and one row of FORMATS.
+- hf-gpt2 (hf_gpt2.py): Hugging Face GPT2LMHeadModel directories, both ways, logits equal to float rounding.
+- hf-bert (hf_bert.py): Hugging Face BertModel / BertForMaskedLM / ... directories, import only (an encoder to
+  fine-tune with `lmlab classify train --init RUN`).
+hf_files.py holds what every Hugging Face format reads and writes (config.json, safetensors / .bin weights,
+tokenizer files, the atomic output directory).
+"""
+from __future__ import annotations
+
+from ..errors import LmlabError
+from .hf_bert import bert_to_lmlab, import_hf_bert, load_hf_bert  # noqa: F401 (the interop API in one place)
+from .hf_gpt2 import export_hf_gpt2, gpt2_to_lmlab, import_hf_gpt2, lmlab_to_gpt2  # noqa: F401
+
+
+def _gpt2_imported(src, out) -> str:
+    info = import_hf_gpt2(src, out)
+    c = info["config"]
+    eot = f", end-of-text id {info['eot_id']}" if info["eot_id"] is not None else ""
+    return (f"wrote {out}: GPT-2 {c.n_layer}x{c.n_embd}, {c.n_head} heads, context {c.block_size}, "
+            f"vocab {c.vocab_size}, {info['parameters']:,} parameters, {info['tokenizer']} tokenizer{eot}")
+
+
+def _gpt2_exported(run, out) -> str:
+    info = export_hf_gpt2(run, out)
+    note = "" if info["hf_tokenizer"] else (f"; its {info['tokenizer']} tokenizer.json is lmlab's format, "
+                                            "which Hugging Face tokenizers cannot read")
+    return f"wrote {out}: config.json, model.safetensors, tokenizer.json for GPT2LMHeadModel{note}"
+
+
+def _bert_imported(src, out) -> str:
+    info = import_hf_bert(src, out)
+    c = info["config"]
+    heads = ", ".join(h for h, on in (("pooler", info["pooler"]), ("masked-LM head", info["mlm_head"])) if on)
+    return (f"wrote {out}: BERT encoder {c.n_layer}x{c.n_embd}, {c.n_head} heads, {c.block_size} positions, "
+            f"vocab {c.vocab_size}, {info['parameters']:,} parameters{', ' + heads if heads else ''}, "
+            f"{info['tokenizer']} tokenizer")
+
+
+# format -> (reader: (source dir, out run) -> summary, writer: (run, out dir) -> summary, or None: import only)
+FORMATS = {"hf-gpt2": (_gpt2_imported, _gpt2_exported), "hf-bert": (_bert_imported, None)}
+
+
+def convert_command(source, from_format: str | None = None, to: list[str] | None = None, out=None) -> None:
+    """`lmlab convert --from FORMAT SRC --out RUN` or `lmlab convert RUN --to FORMAT [DIR]` (or --out DIR)."""
+    if bool(from_format) == bool(to):
+        raise LmlabError("lmlab convert needs either --from hf-gpt2 HF_DIR --out RUN or RUN --to hf-gpt2 HF_DIR.")
+    fmt = from_format or to[0]
+    if fmt not in FORMATS:
+        raise LmlabError(f"unknown format {fmt!r}; lmlab convert knows {', '.join(FORMATS)}.")
+    if to and len(to) > 2:
+        raise LmlabError("--to takes a format and one output directory, e.g. --to hf-gpt2 DIR.")
+    reader, writer = FORMATS[fmt]
+    if to and writer is None:
+        exporters = ", ".join(f"--to {f}" for f, (_, w) in FORMATS.items() if w)
+        raise LmlabError(f"{fmt} is an import format (--from {fmt}); lmlab convert exports {exporters}.")
+    out = to[1] if to and len(to) == 2 else out
+    if not out:
+        raise LmlabError("lmlab convert needs an output directory: --out DIR (or --to hf-gpt2 DIR).")
+    print(reader(source, out) if from_format else writer(source, out))
