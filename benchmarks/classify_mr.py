@@ -211,7 +211,6 @@ def part_t(split, out, args):
 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from lmlab.tasks.classifier_init import load_backbone_into
     from lmlab.tasks.classify import encode_texts
     from lmlab.tasks.labeled import LabelBatches, read_labeled, split_indices
     from lmlab.config import load_config
@@ -230,7 +229,7 @@ def part_t(split, out, args):
         "warmup_iters": 0, "max_iters": 10**6, "tensorboard": False, "seed": args.seed}})
     torch.manual_seed(args.seed)
     ours_model = build_model(config.model)
-    load_backbone_into(ours_model, state, "MiniLM")
+    ours_model.load_backbone(state, "MiniLM")
     data = LabelBatches({"train": (encode_texts(tok, x, MAX_LENGTH, "bert"), y)}, BATCH, 0, args.seed)
     trainer = Trainer(ours_model, data, config, tempfile.mkdtemp(), progress=False)
 

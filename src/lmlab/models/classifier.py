@@ -54,6 +54,16 @@ class ClassifierMixin:
     def predict_proba(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.logits(ids, mask).float(), dim=-1)
 
+    def load_backbone(self, tensors: dict, source) -> None:
+        """Pretrained weights into the classifier (classify train --init): every tensor must fit; only the new head
+        may be missing. A family whose backbone sits elsewhere (GPTClassifier) overrides it."""
+        missing, unexpected = self.load_state_dict(tensors, strict=False)
+        head = ("classifier.", "pooler.", "head.")
+        bad_missing = [k for k in missing if not k.startswith(head)]
+        if bad_missing or unexpected:
+            raise LmlabError(f"{source} does not fit the classifier (missing {bad_missing[:3]}, unexpected "
+                             f"{sorted(unexpected)[:3]}); give a run of the same architecture.")
+
     @classmethod
     def training_data(cls, cfg):
         """Batches of a directory `lmlab classify train` prepared (labelled texts, encoded)."""

@@ -135,23 +135,10 @@ def write_start(directory: Path, cfg, tensors: dict, init) -> Path:
 
     torch.manual_seed(cfg.train.seed)
     net = build_model(cfg.model)
-    if hasattr(net, "load_backbone"):
-        net.load_backbone(tensors, init)
-    else:
-        load_backbone_into(net, tensors, init)
+    net.load_backbone(tensors, init)
     directory.mkdir(parents=True, exist_ok=True)
     save_weights(net, directory / WEIGHTS, 0, dataclasses.asdict(cfg.model))
     save_model_config(cfg.model, directory)
     with atomic_open(directory / "tokenizer.json") as f:
         f.write((directory.parent / "tokenizer.json").read_bytes())
     return directory
-
-
-def load_backbone_into(model, tensors: dict, source) -> None:
-    """Pretrained weights into a classifier: every tensor must fit; only the new head may be missing."""
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    head = ("classifier.", "pooler.", "head.")
-    bad_missing = [k for k in missing if not k.startswith(head)]
-    if bad_missing or unexpected:
-        raise LmlabError(f"{source} does not fit the classifier (missing {bad_missing[:3]}, unexpected "
-                         f"{sorted(unexpected)[:3]}); give a run of the same architecture.")
