@@ -151,29 +151,41 @@ def coerce(value, annotation, name: str):
         if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
             return value.lower() in ("true", "yes", "1", "on")
         raise LmlabError(f"{name} must be true or false, got {value!r}.")
-    if annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+    if annotation in (int, float):  # a float field takes an int too; a string is parsed; a bool is neither
+        accepted = (int,) if annotation is int else (int, float)
+        if isinstance(value, accepted) and not isinstance(value, bool):
+            return annotation(value)
         if isinstance(value, str):
             try:
-                return int(value)
+                return annotation(value)
             except ValueError:
                 pass
-        raise LmlabError(f"{name} must be an integer, got {value!r}.")
-    if annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise LmlabError(f"{name} must be a number, got {value!r}.")
+        raise LmlabError(f"{name} must be {'an integer' if annotation is int else 'a number'}, got {value!r}.")
     if annotation is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         raise LmlabError(f"{name} must be a string, got {value!r}.")
     return value
+
+
+# --------------------------------------------------------------------------- checks a model config's validate() uses
+
+def check_positive(cfg, *names: str) -> None:
+    for name in names:
+        if getattr(cfg, name) < 1:
+            raise LmlabError(f"model.{name} must be a positive integer, got {getattr(cfg, name)}.")
+
+
+def check_choice(cfg, name: str, choices) -> None:
+    choices = list(choices)
+    if getattr(cfg, name) not in choices:
+        allowed = " or ".join(choices) if len(choices) == 2 else "one of " + ", ".join(choices)
+        raise LmlabError(f"model.{name} must be {allowed}, got {getattr(cfg, name)!r}.")
+
+
+def check_fraction(cfg, name: str = "dropout") -> None:
+    if not 0 <= getattr(cfg, name) < 1:
+        raise LmlabError(f"model.{name} must be in [0, 1), got {getattr(cfg, name)}.")
 
 
 def require(condition: bool, message: str) -> None:

@@ -93,36 +93,32 @@ class BannedTokens:
         return logprobs
 
 
-class Temperature:
-    def __init__(self, temperature: float):
-        self.temperature = temperature
+class Warper:
+    """A rule that reshapes the logits of every row with one setting, `value`, through its function `rule`."""
+
+    rule = staticmethod(lambda logits, value: logits)
+
+    def __init__(self, value: float):
+        self.value = value
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        return apply_temperature(logits, self.temperature)
+        return self.rule(logits, self.value)
 
 
-class TopK:
-    def __init__(self, k: int):
-        self.k = k
-
-    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        return apply_top_k(logits, self.k)
+class Temperature(Warper):
+    rule = staticmethod(apply_temperature)
 
 
-class TopP:
-    def __init__(self, p: float):
-        self.p = p
-
-    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        return apply_top_p(logits, self.p)
+class TopK(Warper):
+    rule = staticmethod(apply_top_k)
 
 
-class MinP:
-    def __init__(self, p: float):
-        self.p = p
+class TopP(Warper):
+    rule = staticmethod(apply_top_p)
 
-    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        return apply_min_p(logits, self.p)
+
+class MinP(Warper):
+    rule = staticmethod(apply_min_p)
 
 
 class Sampling:

@@ -149,16 +149,22 @@ def logprobs_last_by_steps(model, ids: torch.Tensor, state, n: int):
     return torch.stack(out, dim=1), state
 
 
+def checked_config(cfg, fix: str = "prepare data first or set --model.vocab_size"):
+    """A model's config after its own checks (validate() is optional), with a vocabulary size: 0 means it was
+    never filled in from the prepared data, and `fix` says how to."""
+    if hasattr(cfg, "validate"):
+        cfg.validate()
+    if cfg.vocab_size < 1:
+        raise LmlabError(f"model.vocab_size is not set; {fix}.")
+    return cfg
+
+
 class NeuralLM(nn.Module):
     """The base of the torch causal LMs (GPT, RNN): config check, parameter count, device, `score`."""
 
     def __init__(self, cfg):
         super().__init__()
-        if hasattr(cfg, "validate"):  # a config's own checks are optional (config.load_config runs them too)
-            cfg.validate()
-        if cfg.vocab_size < 1:
-            raise LmlabError("model.vocab_size is not set; prepare data first or set --model.vocab_size.")
-        self.cfg = cfg
+        self.cfg = checked_config(cfg)
 
     @property
     def vocab_size(self) -> int:

@@ -17,12 +17,13 @@ from ..errors import LmlabError
 
 def check_classifier(cfg, poolings: tuple[str, ...] | None = None) -> None:
     """Checks shared by every classifier config: num_labels, dropout and (if it has one) pooling."""
+    from ..config import check_choice, check_fraction
+
     if cfg.num_labels < 2:
         raise LmlabError(f"model.num_labels must be at least 2, got {cfg.num_labels}.")
-    if not 0 <= cfg.dropout < 1:
-        raise LmlabError(f"model.dropout must be in [0, 1), got {cfg.dropout}.")
-    if poolings is not None and cfg.pooling not in poolings:
-        raise LmlabError(f"model.pooling must be one of {', '.join(poolings)}, got {cfg.pooling!r}.")
+    check_fraction(cfg)
+    if poolings is not None:
+        check_choice(cfg, "pooling", poolings)
 
 
 def pool(h: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:

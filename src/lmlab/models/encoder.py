@@ -21,9 +21,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import check_choice, check_fraction, check_positive
 from ..errors import LmlabError
+from .base import checked_config
 from .classifier import ClassifierMixin, check_classifier, pool
-from .layers import PostLNBlock, init_weights
+from .layers import PostLNBlock, check_heads, init_weights
 
 POOLINGS = ("cls", "mean")
 
@@ -49,21 +51,17 @@ class EncoderConfig:
     mlm_probability: float = 0.15  # share of tokens chosen for masked-LM prediction
 
     def validate(self) -> None:
-        for name in ("block_size", "n_layer", "n_head", "n_embd", "type_vocab_size"):
-            if getattr(self, name) < 1:
-                raise LmlabError(f"model.{name} must be a positive integer, got {getattr(self, name)}.")
+        check_positive(self, "block_size", "n_layer", "n_head", "n_embd", "type_vocab_size")
         if self.vocab_size < 0 or self.n_inner < 0:
             raise LmlabError("model.vocab_size and model.n_inner must be >= 0 (0 = default).")
-        if self.n_embd % self.n_head:
-            raise LmlabError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head}).")
-        if self.activation not in ("gelu", "gelu_tanh"):
-            raise LmlabError(f"model.activation must be gelu or gelu_tanh, got {self.activation!r}.")
+        check_heads(self)
+        check_choice(self, "activation", ("gelu", "gelu_tanh"))
         if not 0 < self.mlm_probability < 1:
             raise LmlabError(f"model.mlm_probability must be in (0, 1), got {self.mlm_probability}.")
         if self.num_labels:
             check_classifier(self, POOLINGS)
-        elif not 0 <= self.dropout < 1:
-            raise LmlabError(f"model.dropout must be in [0, 1), got {self.dropout}.")
+        else:
+            check_fraction(self)
 
 
 class MLMHead(nn.Module):
@@ -86,10 +84,7 @@ class Encoder(ClassifierMixin, nn.Module):
 
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
-        cfg.validate()
-        if cfg.vocab_size < 1:
-            raise LmlabError("model.vocab_size is not set; prepare data first or set --model.vocab_size.")
-        self.cfg = cfg
+        self.cfg = checked_config(cfg)
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
         self.wtt = nn.Embedding(cfg.type_vocab_size, cfg.n_embd)

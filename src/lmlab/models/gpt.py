@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..errors import LmlabError
 from . import kernels
 from .base import NeuralLM
-from .layers import Block, KVCache, init_weights, linear, sinusoidal_positions
+from .layers import Block, KVCache, check_transformer, init_weights, linear, sinusoidal_positions
 
 
 @dataclass
@@ -36,21 +36,9 @@ class GPTConfig:
     layer_norm_eps: float = 1e-5
 
     def validate(self) -> None:
-        for name in ("block_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) < 1:
-                raise LmlabError(f"model.{name} must be a positive integer, got {getattr(self, name)}.")
+        check_transformer(self)
         if self.vocab_size < 0:
             raise LmlabError(f"model.vocab_size must be >= 0 (0 = from the data), got {self.vocab_size}.")
-        if self.n_embd % self.n_head:
-            raise LmlabError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head}).")
-        if not 0 <= self.dropout < 1:
-            raise LmlabError(f"model.dropout must be in [0, 1), got {self.dropout}.")
-        if self.pos_encoding not in ("learned", "sinusoidal"):
-            raise LmlabError(f"model.pos_encoding must be learned or sinusoidal, got {self.pos_encoding!r}.")
-        if self.activation not in ("gelu", "gelu_tanh"):
-            raise LmlabError(f"model.activation must be gelu or gelu_tanh, got {self.activation!r}.")
-        if self.pos_encoding == "sinusoidal" and self.n_embd % 2:
-            raise LmlabError("model.n_embd must be even for sinusoidal positions.")
 
 
 class GPT(NeuralLM):

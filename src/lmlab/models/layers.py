@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import LmlabError
 from . import kernels
 
 # Decoding on CPU (inference, one new position per sequence, a few sequences) reads every weight once per step and
@@ -207,6 +208,25 @@ class Block(nn.Module):
     def forward(self, x, cache=None, layer=0, attn_mask=None):
         x = x + self.attn(self.ln_1(x), cache, layer, attn_mask)
         return x + self.mlp(self.ln_2(x))
+
+
+def check_transformer(cfg) -> None:
+    """The checks every Transformer config with positions shares (GPT, seq2seq): sizes, heads, dropout, positional
+    encoding, activation."""
+    from ..config import check_choice, check_fraction, check_positive
+
+    check_positive(cfg, "block_size", "n_layer", "n_head", "n_embd")
+    check_heads(cfg)
+    check_fraction(cfg)
+    check_choice(cfg, "pos_encoding", ("learned", "sinusoidal"))
+    check_choice(cfg, "activation", ("gelu", "gelu_tanh"))
+    if cfg.pos_encoding == "sinusoidal" and cfg.n_embd % 2:
+        raise LmlabError("model.n_embd must be even for sinusoidal positions.")
+
+
+def check_heads(cfg) -> None:
+    if cfg.n_embd % cfg.n_head:
+        raise LmlabError(f"model.n_embd ({cfg.n_embd}) must be divisible by model.n_head ({cfg.n_head}).")
 
 
 def sinusoidal_positions(max_len: int, dim: int) -> torch.Tensor:

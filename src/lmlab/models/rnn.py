@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import check_choice, check_fraction, check_positive
 from ..errors import LmlabError
 from .base import NeuralLM
 from .classifier import ClassifierMixin, check_classifier, pool
@@ -45,15 +46,11 @@ class RNNConfig:
     eot_id: int = -1  # end-of-text token of the data (set by `lmlab train` from meta.json); -1: none
 
     def validate(self) -> None:
-        for name in ("block_size", "n_layer", "n_embd", "n_hidden"):
-            if getattr(self, name) < 1:
-                raise LmlabError(f"model.{name} must be a positive integer, got {getattr(self, name)}.")
+        check_positive(self, "block_size", "n_layer", "n_embd", "n_hidden")
         if self.vocab_size < 0:
             raise LmlabError(f"model.vocab_size must be >= 0 (0 = from the data), got {self.vocab_size}.")
-        if self.cell not in CELLS:
-            raise LmlabError(f"model.cell must be one of {', '.join(CELLS)}, got {self.cell!r}.")
-        if not 0 <= self.dropout < 1:
-            raise LmlabError(f"model.dropout must be in [0, 1), got {self.dropout}.")
+        check_choice(self, "cell", CELLS)
+        check_fraction(self)
         if self.tie_weights and self.n_embd != self.n_hidden:
             raise LmlabError(f"model.tie_weights needs model.n_embd == model.n_hidden (got {self.n_embd} and "
                              f"{self.n_hidden}); make them equal or set model.tie_weights false.")
@@ -270,11 +267,8 @@ class RNNClassifierConfig:
     pad_id: int = 0
 
     def validate(self) -> None:
-        for name in ("n_layer", "n_embd", "n_hidden", "vocab_size"):
-            if getattr(self, name) < 1:
-                raise LmlabError(f"model.{name} must be a positive integer, got {getattr(self, name)}.")
-        if self.cell not in CELLS:
-            raise LmlabError(f"model.cell must be one of {', '.join(CELLS)}, got {self.cell!r}.")
+        check_positive(self, "n_layer", "n_embd", "n_hidden", "vocab_size")
+        check_choice(self, "cell", CELLS)
         check_classifier(self, ("max", "mean", "last"))
 
 

@@ -26,8 +26,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import LmlabError
-from .base import logprobs_last_by_steps
-from .layers import Block, DecoderBlock, KVCache, init_weights, sinusoidal_positions
+from .base import checked_config, logprobs_last_by_steps
+from ..config import check_choice, check_fraction
+from .layers import Block, DecoderBlock, KVCache, check_transformer, init_weights, sinusoidal_positions
 
 
 @dataclass
@@ -53,25 +54,11 @@ class Seq2SeqConfig:
     mask_id: int = -1  # the denoising objective's <mask>
 
     def validate(self) -> None:
-        for name in ("block_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) < 1:
-                raise LmlabError(f"model.{name} must be a positive integer, got {getattr(self, name)}.")
+        check_transformer(self)
         if self.n_decoder_layer < 0 or self.vocab_size < 0:
             raise LmlabError("model.n_decoder_layer and model.vocab_size must be >= 0 (0 = default).")
-        if self.n_embd % self.n_head:
-            raise LmlabError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head}).")
-        if not 0 <= self.dropout < 1:
-            raise LmlabError(f"model.dropout must be in [0, 1), got {self.dropout}.")
-        if not 0 <= self.label_smoothing < 1:
-            raise LmlabError(f"model.label_smoothing must be in [0, 1), got {self.label_smoothing}.")
-        if self.norm not in ("pre", "post"):
-            raise LmlabError(f"model.norm must be pre or post, got {self.norm!r}.")
-        if self.pos_encoding not in ("learned", "sinusoidal"):
-            raise LmlabError(f"model.pos_encoding must be learned or sinusoidal, got {self.pos_encoding!r}.")
-        if self.activation not in ("gelu", "gelu_tanh"):
-            raise LmlabError(f"model.activation must be gelu or gelu_tanh, got {self.activation!r}.")
-        if self.pos_encoding == "sinusoidal" and self.n_embd % 2:
-            raise LmlabError("model.n_embd must be even for sinusoidal positions.")
+        check_fraction(self, "label_smoothing")
+        check_choice(self, "norm", ("pre", "post"))
         if self.block_size < 2:
             raise LmlabError("model.block_size must be at least 2 (a token and the end-of-sequence token).")
 
@@ -117,9 +104,7 @@ class Seq2Seq(nn.Module):
 
     def __init__(self, cfg: Seq2SeqConfig):
         super().__init__()
-        cfg.validate()
-        if cfg.vocab_size < 1:
-            raise LmlabError("model.vocab_size is not set; prepare data with `lmlab seq2seq prepare` first.")
+        checked_config(cfg, "prepare data with `lmlab seq2seq prepare` first")
         for name in ("eos_id", "pad_id"):
             if not 0 <= getattr(cfg, name) < cfg.vocab_size:
                 raise LmlabError(f"model.{name} is {getattr(cfg, name)}, not a token of the vocabulary; train on data "
