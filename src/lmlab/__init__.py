@@ -19,7 +19,7 @@ _EXPORTS = {
     "load_config": "config", "TokenBlocks": "data", "prepare": "data", "LmlabError": "errors",
     "GenerationConfig": "generate", "generate": "generate", "stream": "generate", "EvalResult": "metrics",
     "evaluate_ids": "metrics", "evaluate_text": "metrics", "FAMILIES": "models", "build_model": "models",
-    "register_family": "models",
+    "register_family": "models", "CausalLM": "models.base", "NeuralLM": "models.base", "complete": "generate",
     "GPT": "models.gpt", "GPTConfig": "models.gpt", "RNNLM": "models.rnn", "RNNConfig": "models.rnn",
     "TokenStreams": "data", "compare": "compare", "Tokenizer": "tokenizer", "load_tokenizer": "tokenizer",
     "Trainer": "train", "train": "train",

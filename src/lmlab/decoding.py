@@ -127,8 +127,8 @@ class Row:
 
 class Batch:
     """The rows one causal LM decodes together (see the module docstring). `rows` keeps the order rows joined in;
-    `step` and `add` return log-probabilities in that order. Everything runs in inference mode (the states are
-    changed in place)."""
+    `step` and `add` return log-probabilities in that order. The model's state is changed in place, in inference
+    mode."""
 
     def __init__(self, model):
         self.model, self.block, self.device = model, model.block_size, model.device
@@ -140,9 +140,12 @@ class Batch:
         self.slots: list[Row] = []  # the rows in the state, in its order
         self.state = None
         self.width = 0  # columns of the shared space (the state has seen width - 1 of them at a step)
+        self.stale = True  # the rows changed: the arrangement below is rebuilt at the next step
         self.ids: torch.Tensor | None = None  # [len(slots), capacity] left-padded histories
         self.pad: torch.Tensor | None = None
-        self.stale = True  # the ids buffer must be rebuilt from the histories (the rows changed)
+        self.recomputed: list[Row] = []  # rows past block_size (slot -1)
+        self.in_order = False  # slots == rows, one by one (the caller's new tokens are the new column as they are)
+        self.order: torch.Tensor | None = None  # rows' positions in (slots + recomputed), None when the same order
 
     @torch.inference_mode()
     def add(self, rows: list[Row]) -> torch.Tensor:
@@ -162,27 +165,31 @@ class Batch:
         self.stale = True
         return logprobs
 
-    @torch.inference_mode()
-    def step(self) -> torch.Tensor:
-        """Run each row's newest token; the next-token log-probabilities [len(rows), V]."""
-        if self.block is not None:
+    def step(self, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Run each row's newest token; the next-token log-probabilities [len(rows), V]. `tokens` [len(rows)]: those
+        newest tokens as the caller chose them (the same as the histories' last ids; saves reading those)."""
+        if self.block is not None and self.width > self.block:  # (else every history fits: width bounds them)
             self._keep_within(self.block)
-        parts, order = [], []
+        if self.slots and not self.stale and self.width > self.ids.shape[1]:
+            self.stale = True  # the ids buffer is full: rebuilt with room to grow
+        fresh = self.stale
+        if fresh:
+            self._arrange()
+        parts = []
         if self.slots:
-            ids, pad = self._columns()
-            logprobs, self.state = self.model.logprobs_next(ids, self.state, pad)
+            if not fresh:  # one new column: each row's newest token
+                column = tokens if tokens is not None and self.in_order else \
+                    torch.tensor([r.history[-1] for r in self.slots], device=self.device)
+                self.ids[:, self.width - 1] = column
+            logprobs, self.state = self.model.logprobs_next(self.ids[:, :self.width], self.state, self.pad)
+            self.width += 1
             parts.append(logprobs)
-            order += self.slots
-        recomputed = [r for r in self.rows if r.slot < 0]
-        if recomputed:  # past block_size: the last block_size tokens, no cache (nanoGPT)
-            ids = torch.tensor([r.history[-self.block:] for r in recomputed], dtype=torch.long, device=self.device)
+        if self.recomputed:  # past block_size: the last block_size tokens, no cache (nanoGPT)
+            ids = torch.tensor([r.history[-self.block:] for r in self.recomputed], dtype=torch.long,
+                               device=self.device)
             parts.append(self.model.logprobs_next(ids, None)[0])
-            order += recomputed
         out = parts[0] if len(parts) == 1 else torch.cat(parts)
-        if any(a is not b for a, b in zip(order, self.rows)):
-            position = {id(r): i for i, r in enumerate(order)}
-            out = out[torch.tensor([position[id(r)] for r in self.rows], device=out.device)]
-        return out
+        return out if self.order is None else out[self.order]
 
     @torch.inference_mode()
     def remove(self, rows: list[Row]) -> None:
@@ -194,6 +201,7 @@ class Batch:
             r.slot = -1
         if leaving:
             self._release(leaving)
+        self.stale = True
 
     @torch.inference_mode()
     def reorder(self, parents: list[int], rows: list[Row]) -> None:
@@ -210,28 +218,35 @@ class Batch:
 
     # -- the shared column space
 
-    def _columns(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The ids [B, width] and left padding [B] of the rows in the state, each row's newest token last."""
-        if self.stale or self.ids.shape[1] < self.width:  # rebuilt from the histories, with room to grow
-            histories = [r.history for r in self.slots]
-            rows = [[h[0]] * (self.width - len(h)) + h + [0] * 64 for h in histories]
-            self.ids = torch.tensor(rows, dtype=torch.long, device=self.device)
+    def _arrange(self) -> None:
+        """After the rows changed: the ids buffer from the histories (right-aligned at `width`, each row's first
+        token repeated as its padding, room to grow), the padding, and how the outputs line up with `rows`."""
+        histories = [r.history for r in self.slots]
+        if histories:
+            self.ids = torch.tensor([[h[0]] * (self.width - len(h)) + h + [0] * 64 for h in histories],
+                                    dtype=torch.long, device=self.device)
             pad = torch.tensor([self.width - len(h) for h in histories], dtype=torch.long, device=self.device)
             self.pad = pad if bool(pad.any()) else None
-            self.stale = False
-        else:  # one new column: each row's newest token
-            self.ids[:, self.width - 1] = torch.tensor([r.history[-1] for r in self.slots], device=self.device)
-        self.width += 1
-        return self.ids[:, :self.width - 1], self.pad
+        self.recomputed = [r for r in self.rows if r.slot < 0]
+        order = self.slots + self.recomputed
+        self.in_order = not self.recomputed and all(a is b for a, b in zip(order, self.rows))
+        if self.in_order:
+            self.order = None
+        else:
+            position = {id(r): i for i, r in enumerate(order)}
+            self.order = torch.tensor([position[id(r)] for r in self.rows], device=self.device)
+        self.stale = False
 
     def _keep_within(self, block: int) -> None:
         """Rows whose history passed block_size leave the state; padding every row has is trimmed at the limit."""
         longer = [r.slot for r in self.slots if len(r.history) > block]
         if longer:
-            self._release(sorted(longer))
+            with torch.inference_mode():
+                self._release(sorted(longer))
         if self.slots and self.width > block:  # the state must hold `width` columns at this step
             trim = self.width - max(len(r.history) for r in self.slots)
-            self.state = self.state.trim(trim) if self.state is not None else None
+            with torch.inference_mode():
+                self.state = self.state.trim(trim) if self.state is not None else None
             self.width -= trim
             self.stale = True
 
@@ -264,49 +279,66 @@ def _extend(state, other):
 
 # --------------------------------------------------------------------------- choosing and ending
 
-def advance(rows: list[Row], logprobs: torch.Tensor, top: int = 0):
-    """Choose the next token of each row from its log-probabilities [len(rows), V] and pass it to the row.
+@dataclass
+class Step:
+    """What `advance` chose for each row: the tokens [B] and their log-probabilities under the model [B], the text
+    each token made certain, and the `top` most likely (token, log-probability) pairs of each row (or None)."""
+    tokens: torch.Tensor
+    logprobs: torch.Tensor
+    texts: list[str]
+    tops: list | None = None
 
-    Returns per row (token, its log-probability under the model, the text it made certain, the `top` most likely
-    (token, log-probability) pairs or None). Rows of one Sampling chain (or equal chains) are chosen together.
-    """
+
+def choose(rows: list[Row], logprobs: torch.Tensor) -> torch.Tensor:
+    """The next token [B] of each row: its Sampling chain's history processors, then its choice; rows of one chain
+    (or equal chains) are chosen together."""
+    first = rows[0].sampling
+    shared = all(r.sampling is first for r in rows)
     processed = logprobs
-    if any(r.sampling.history for r in rows):
+    if any(r.sampling.history for r in (rows[:1] if shared else rows)):
         processed = logprobs.clone()
         for i, r in enumerate(rows):
             if r.sampling.history:
                 processed[i:i + 1] = r.sampling.process_history(logprobs[i:i + 1], r.history)
     groups: dict[tuple, list[int]] = {}
-    for i, r in enumerate(rows):
+    for i, r in enumerate(rows if not shared else ()):
         groups.setdefault(r.sampling.key, []).append(i)
-    if len(groups) == 1:
-        next_ids = rows[0].sampling.choose(processed, [r.generator for r in rows])
-    else:
-        next_ids = torch.empty(len(rows), dtype=torch.long, device=logprobs.device)
-        for members in groups.values():
-            index = torch.tensor(members, device=logprobs.device)
-            next_ids[index] = rows[members[0]].sampling.choose(processed[index], [rows[i].generator for i in members])
-    chosen = logprobs.gather(1, next_ids[:, None])[:, 0].tolist()
+    if shared or len(groups) == 1:
+        return first.choose(processed, [r.generator for r in rows])
+    next_ids = torch.empty(len(rows), dtype=torch.long, device=logprobs.device)
+    for members in groups.values():
+        index = torch.tensor(members, device=logprobs.device)
+        next_ids[index] = rows[members[0]].sampling.choose(processed[index], [rows[i].generator for i in members])
+    return next_ids
+
+
+def advance(rows: list[Row], logprobs: torch.Tensor, top: int = 0) -> Step:
+    """Choose the next token of each row from its log-probabilities [len(rows), V] and pass it to the row."""
+    tokens = choose(rows, logprobs)
+    chosen = logprobs.gather(1, tokens[:, None])[:, 0]
+    texts = [r.accept(t, lp) for r, t, lp in zip(rows, tokens.tolist(), chosen.tolist())]
     tops = None
     if top:
         values, indices = logprobs.topk(min(top, logprobs.shape[1]), dim=-1)
         tops = [list(zip(i, v)) for i, v in zip(indices.tolist(), values.tolist())]
-    tokens = next_ids.tolist()
-    return [(t, lp, r.accept(t, lp), tops[i] if tops else None) for i, (r, t, lp) in enumerate(zip(rows, tokens, chosen))]
+    return Step(tokens, chosen, texts, tops)
 
 
-def decode(model, rows: list[Row]) -> Iterator[list[tuple[Row, int, float, str]]]:
-    """Decode rows to their end in one Batch; after each step yield (row, token, log-probability, text) of the
-    rows that took a token (a row that ended at end-of-text yields its token too)."""
+def decode(model, rows: list[Row]) -> Iterator[tuple[list[Row], Step]]:
+    """Decode rows to their end in one Batch; after each step yield the rows that took a token and what they took
+    (a row that ended at end-of-text took one too)."""
     batch = Batch(model)
     live = [r for r in rows if r.finish is None]
     if not live:
         return
     logprobs = batch.add(live)
     while True:
-        steps = advance(batch.rows, logprobs)
-        yield [(r, t, lp, text) for r, (t, lp, text, _) in zip(batch.rows, steps)]
-        batch.remove([r for r in batch.rows if r.finish is not None])
+        stepped = list(batch.rows)
+        step = advance(stepped, logprobs)
+        yield stepped, step
+        finished = [r for r in stepped if r.finish is not None]
+        if finished:
+            batch.remove(finished)
         if not batch.rows:
             return
-        logprobs = batch.step()
+        logprobs = batch.step(None if finished else step.tokens)

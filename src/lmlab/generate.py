@@ -15,7 +15,7 @@ from typing import Iterator
 import torch
 
 from .beam import beam_search  # noqa: F401  (the generation API in one place)
-from .decoding import Batch, Completion, Row, StopText, advance, decode  # noqa: F401
+from .decoding import Batch, Completion, Row, StopText, advance, choose, decode  # noqa: F401
 from .errors import LmlabError
 from .sampling import (Sampling, apply_min_p, apply_repetition_penalty, apply_temperature, apply_top_k,  # noqa: F401
                        apply_top_p, banned_bad_words, banned_continuations, choose_next, draw, make_generators,
@@ -193,11 +193,13 @@ def sample_steps(model, prompt_ids: list[int] | list[list[int]], cfg: Generation
         return
     driver = Batch(model)
     logprobs = driver.add(rows)
-    for step in range(steps):
-        chosen = advance(rows, logprobs)
-        yield torch.tensor([c[0] for c in chosen]), torch.tensor([c[1] for c in chosen])
-        if step + 1 < steps:
-            logprobs = driver.step()
+    for i in range(steps):
+        tokens = choose(rows, logprobs)  # (no row ends here: only the histories grow)
+        yield tokens, logprobs.gather(1, tokens[:, None])[:, 0]
+        for row, token in zip(rows, tokens.tolist()):
+            row.history.append(token)
+        if i + 1 < steps:
+            logprobs = driver.step(tokens)
 
 
 def generate_ids(model, prompt_ids: list[int] | list[list[int]], cfg: GenerationConfig, first_sequence: int = 0,
@@ -295,10 +297,9 @@ def stream(model, tokenizer, prompt: str, cfg: GenerationConfig, sequence: int =
         yield from _feed(rows, speculative_steps(model, draft, prompt_ids, cfg, first_sequence=sequence, batch=1,
                                                  stats=stats))
         return
-    for events in decode(model, rows):
-        for _, _, _, piece in events:
-            if piece:
-                yield piece
+    for _, step in decode(model, rows):
+        if step.texts[0]:
+            yield step.texts[0]
 
 
 def generate_command(run, cfg: GenerationConfig, prompt: str = "\n", draft=None, stream_output: bool = True,

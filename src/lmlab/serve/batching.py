@@ -217,15 +217,16 @@ class Engine:
 
     def _choose(self, seqs: list[Sequence], logprobs: torch.Tensor, events, requests) -> None:
         """Choose each row's next token and turn it into events."""
-        steps = advance(seqs, logprobs, top=max(s.request.top_logprobs for s in seqs))
-        for s, (token, lp, piece, top) in zip(seqs, steps):
+        step = advance(seqs, logprobs, top=max(s.request.top_logprobs for s in seqs))
+        for i, (s, token, lp) in enumerate(zip(seqs, step.tokens.tolist(), step.logprobs.tolist())):
             requests[id(s.request)] = s.request
             k = s.request.top_logprobs
             if token == s.eot:  # ended without a token
-                events[id(s.request)].append(Event(s.index, None, None, piece, None, s.finish))
+                events[id(s.request)].append(Event(s.index, None, None, step.texts[i], None, s.finish))
             else:
                 self.tokens += 1
-                events[id(s.request)].append(Event(s.index, token, lp, piece, top[:k] if k else None, s.finish))
+                top = step.tops[i][:k] if k else None
+                events[id(s.request)].append(Event(s.index, token, lp, step.texts[i], top, s.finish))
             if s.finish is not None:
                 s.request.unfinished -= 1
 
