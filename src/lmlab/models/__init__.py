@@ -19,6 +19,7 @@ from ..errors import LmlabError
 # family -> (module under lmlab.models, config dataclass, model class)
 BUILTIN = {
     "gpt": ("gpt", "GPTConfig", "GPT"),
+    "llama": ("llama", "LlamaConfig", "Llama"),  # Llama / Qwen2 / Mistral / SmolLM decoder (RoPE, GQA, SwiGLU)
     "rnn": ("rnn", "RNNConfig", "RNNLM"),
     "seq2seq": ("seq2seq", "Seq2SeqConfig", "Seq2Seq"),  # encoder-decoder (translation, summarization, denoising)
     # BERT-style encoder (masked-LM pretraining; with num_labels a classifier) and the other text classifiers

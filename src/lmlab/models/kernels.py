@@ -225,3 +225,8 @@ def gpt_blocks_apply(blocks: torch.nn.ModuleList, x: torch.Tensor, cache, pad: t
                              cache.v.data_ptr(), max_len, cache.k.stride(0), cache.k.stride(1), cache.length,
                              _pointer(pad), scratch.data_ptr(), half, torch.get_num_threads())
     return True
+
+
+def llama_blocks_apply(model, x: torch.Tensor, cache, positions: torch.Tensor, pad: torch.Tensor | None) -> bool:
+    """A Llama decoding step through the kernel (not written yet): False, the torch blocks run."""
+    return False
