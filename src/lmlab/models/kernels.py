@@ -203,6 +203,7 @@ def gpt_blocks_apply(blocks: torch.nn.ModuleList, x: torch.Tensor, cache, pad: t
     each layer's key and value to `cache` (a layers.KVCache) at cache.length; rows with left padding `pad` [B]
     attend from their first real position. False (x untouched) where the kernel cannot: then run the blocks."""
     B, T, C = x.shape
+    cache.room_for_columns(cache.length + T)
     if (T != 1 or not available() or x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous()
             or torch.is_grad_enabled() or blocks.training or cache.k.dtype != torch.float32
             or cache.k.shape[1] != B or cache.length >= cache.k.shape[3] or not _row_contiguous(cache)

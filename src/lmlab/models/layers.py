@@ -60,31 +60,48 @@ def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 class KVCache:
     """Keys and values of every layer for a batch of left-padded rows: `k`, `v` are [n_layer, rows, n_head,
-    max_len, head_dim] views of storage with room for more rows, so that rows can join, leave and be reordered
+    columns, head_dim] views of storage with room for more rows, so that rows can join, leave and be reordered
     between decoding steps without reallocating (a DecodeState: models/base.py). `length`: the columns filled,
-    the same for every row (left padding makes rows of different lengths share them)."""
+    the same for every row (left padding makes rows of different lengths share them). Columns are allocated as
+    they fill, doubling up to max_len (a model with a context of 8,192 does not hold 8,192 columns per row for
+    a short generation)."""
 
     kernel_table = None  # (blocks, their weight table, packed weights) for the decoding kernel: kernels.py
+    FIRST_COLUMNS = 256
 
     def __init__(self, n_layer, batch, n_head, max_len, head_dim, dtype, device):
-        shape = (n_layer, batch, n_head, max_len, head_dim)
+        shape = (n_layer, batch, n_head, min(max_len, self.FIRST_COLUMNS), head_dim)
         self.store = (torch.empty(shape, dtype=dtype, device=device), torch.empty(shape, dtype=dtype, device=device))
+        self.max_len = max_len
         self._use_rows(batch)
         self.length = 0  # positions filled so far (same for every row)
 
     def _use_rows(self, rows: int) -> None:
         self.k, self.v = (s[:, :rows] for s in self.store)
 
+    def room_for_columns(self, columns: int) -> None:
+        """Room for `columns` positions (doubling, at most max_len); the filled ones are kept."""
+        if columns <= self.k.shape[3]:
+            return
+        if columns > self.max_len:
+            raise LmlabError(f"sequence of {columns} tokens is longer than the model's block_size {self.max_len}.")
+        new = min(self.max_len, max(columns, 2 * self.k.shape[3]))
+        store = tuple(s.new_empty((*s.shape[:3], new, s.shape[4])) for s in self.store)
+        for mine, old in zip(store, self.store):
+            mine[:, :, :, :self.length] = old[:, :, :, :self.length]
+        self.store = store
+        self._use_rows(self.rows)
+
     @property
     def rows(self) -> int:
         return self.k.shape[1]
 
-    def _reserve(self, rows: int) -> None:
+    def _room_for_rows(self, rows: int) -> None:
         """Room for `rows` rows (the next power of two), keeping the filled columns of the current rows."""
         if rows <= self.store[0].shape[1]:
             return
         capacity = 1 << (rows - 1).bit_length()
-        new = tuple(s.new_zeros((s.shape[0], capacity, *s.shape[2:])) for s in self.store)
+        new = tuple(s.new_zeros((s.shape[0], capacity, *s.shape[2:])) for s in self.store)  # (zeros: see extend)
         for mine, old in zip(new, self.store):
             mine[:, :self.rows, :, :self.length] = old[:, :self.rows, :, :self.length]
         self.store = new
@@ -94,7 +111,7 @@ class KVCache:
         """The cache of the given batch rows, in that order (beam search keeps the rows of its best beams; a
         server's batch drops finished rows). In place: only the rows whose position changes are copied."""
         n = rows.numel()
-        self._reserve(n)
+        self._room_for_rows(n)
         moved = torch.nonzero(rows != torch.arange(n, device=rows.device)).flatten()
         if moved.numel():
             for store in self.store:  # gathered before written: overlapping moves are safe
@@ -106,7 +123,8 @@ class KVCache:
         """Append other's rows; the side with fewer columns is shifted right (its new padding zeroed: masked
         keys still meet 0 x value in attention, which must not be NaN)."""
         n, length = self.rows, max(self.length, other.length)
-        self._reserve(n + other.rows)
+        self.room_for_columns(length)
+        self._room_for_rows(n + other.rows)
         self._shift(length - self.length)
         for mine, theirs in zip(self.store, (other.k, other.v)):
             mine[:, n:n + other.rows, :, :length - other.length] = 0
@@ -142,6 +160,7 @@ class KVCache:
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Store k, v [B, H, T_new, hs] after the cached positions; return all keys/values so far."""
         start, new = self.length, k.shape[2]
+        self.room_for_columns(start + new)
         keys, values = self.k[layer], self.v[layer]  # (narrow: fewer ops per decoding step than indexing)
         keys.narrow(2, start, new).copy_(k)
         values.narrow(2, start, new).copy_(v)
