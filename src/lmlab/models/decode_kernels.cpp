@@ -267,6 +267,124 @@ static void run_blocks(const BlockWeights* blocks, int64_t n_layer, int64_t B, i
   }
 }
 
+// ------------------------------------------------------------------------------------------ Llama blocks
+
+// h = RMSNorm(x) row by row: x / sqrt(mean(x^2) + eps) * w (Zhang & Sennrich 2019; no mean, no bias).
+static void rmsnorm_for(const float* x, float* h, int64_t B, int64_t C, const float* w, float eps) {
+#pragma omp for schedule(static)
+  for (int64_t row = 0; row < B; ++row) {
+    const float* xr = x + row * C;
+    double squares = 0;
+    for (int64_t c = 0; c < C; ++c) squares += (double)xr[c] * xr[c];
+    const float inv = (float)(1.0 / std::sqrt(squares / C + eps));
+    for (int64_t c = 0; c < C; ++c) h[row * C + c] = xr[c] * inv * w[c];
+  }
+}
+
+// Rotary positions (Su et al. 2021) on one head's vector v [d] in place, Hugging Face's layout: the two halves
+// rotate together, v * cos + rotate_half(v) * sin with rotate_half(v) = (-v2, v1); cos / sin [d] of the position.
+static void rope_inplace(float* v, const float* cos, const float* sin, int64_t d) {
+  const int64_t half = d / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const float a = v[i], b = v[i + half];
+    v[i] = a * cos[i] - b * sin[i];
+    v[i + half] = b * cos[i + half] + a * sin[i + half];
+  }
+}
+
+// qkv [B, (H + 2 Hkv) d]: the H query heads, then the Hkv key heads and the Hkv value heads of each row. Rotate
+// queries and keys at each row's position pos[row], append keys and values to the cache at `length`, then each
+// query head attends with its key/value head (grouped-query attention: head h uses h / (H / Hkv)) to that row's
+// keys pad[row] .. length, softmax(q k / sqrt(d)) v, into att [B, H d].
+static void gqa_attention_for(float* qkv, float* keys, float* values, int64_t row_stride, float* att, int64_t B,
+                              int64_t H, int64_t Hkv, int64_t d, int64_t max_len, int64_t length, const int64_t* pad,
+                              const float* cos, const float* sin, const int64_t* pos, float* scores) {
+  const int64_t width = (H + 2 * Hkv) * d, group = H / Hkv;
+  const float scale = 1.0f / std::sqrt((float)d);
+#pragma omp for schedule(static)
+  for (int64_t bh = 0; bh < B * (H + Hkv); ++bh) {
+    const int64_t row = bh / (H + Hkv), head = bh % (H + Hkv);
+    float* v = qkv + row * width + head * d;
+    rope_inplace(v, cos + pos[row] * d, sin + pos[row] * d, d);
+    if (head >= H) {
+      const int64_t g = head - H, at = row * row_stride + g * max_len * d + length * d;
+      std::memcpy(keys + at, v, d * 4);
+      std::memcpy(values + at, v + Hkv * d, d * 4);
+    }
+  }
+#pragma omp for schedule(static)
+  for (int64_t bh = 0; bh < B * H; ++bh) {
+    const int64_t row = bh / H, head = bh % H, g = head / group;
+    const float* q = qkv + row * width + head * d;
+    const float* K = keys + row * row_stride + g * max_len * d;
+    const float* V = values + row * row_stride + g * max_len * d;
+    const int64_t first = pad ? std::min(pad[row], length) : 0, n = length + 1 - first;
+    float* s = scores + bh * max_len;
+    scores_of(q, K + first * d, n, d, scale, s);
+    float top = -INFINITY;
+    for (int64_t j = 0; j < n; ++j) top = s[j] > top ? s[j] : top;
+    for (int64_t j = 0; j < n; ++j) s[j] -= top;
+    exp_inplace(s, n);
+    float total = 0;
+    for (int64_t j = 0; j < n; ++j) total += s[j];
+    float* o = att + row * H * d + head * d;
+    for (int64_t e = 0; e < d; ++e) o[e] = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      const float* vj = V + (first + j) * d;
+      for (int64_t e = 0; e < d; ++e) o[e] += s[j] * vj[e];
+    }
+    for (int64_t e = 0; e < d; ++e) o[e] /= total;
+  }
+}
+
+// m [B, I] = silu(gate) * up (SwiGLU, Shazeer 2020) from gu [B, 2I] (gate columns, then up), silu(g) = g / (1 + e^-g).
+static void swiglu_for(const float* gu, float* m, int64_t B, int64_t I) {
+#pragma omp for schedule(static)
+  for (int64_t row = 0; row < B; ++row) {
+    const float *g = gu + row * 2 * I, *u = g + I;
+    float* out = m + row * I;
+    for (int64_t i = 0; i < I; ++i) out[i] = -g[i];
+    exp_inplace(out, I);
+    for (int64_t i = 0; i < I; ++i) out[i] = g[i] / (1.0f + out[i]) * u[i];
+  }
+}
+
+// Pointers to one Llama block's parameters, the Linear weights packed: q, k and v as one matrix (with their
+// biases, or null), gate and up as one.
+struct LlamaWeights {
+  const float* attn_norm;
+  const void* qkv;
+  const float* qkv_b;
+  const void* o;
+  const float* mlp_norm;
+  const void* gate_up;
+  const void* down;
+};
+
+template <typename W>
+static void run_llama_blocks(const LlamaWeights* blocks, int64_t n_layer, int64_t B, int64_t C, int64_t H,
+                             int64_t Hkv, int64_t d, int64_t I, float eps, float* x, float* keys, float* values,
+                             int64_t max_len, int64_t layer_stride, int64_t row_stride, int64_t length,
+                             const int64_t* pad, const float* cos, const float* sin, const int64_t* pos,
+                             float* scratch, int threads) {
+  const int64_t width = (H + 2 * Hkv) * d;
+  float *h = scratch, *qkv = h + B * C, *att = qkv + B * width, *gu = att + B * H * d, *m = gu + 2 * B * I,
+        *scores = m + B * I;
+#pragma omp parallel num_threads(threads)
+  for (int64_t l = 0; l < n_layer; ++l) {
+    const LlamaWeights& w = blocks[l];
+    rmsnorm_for(x, h, B, C, w.attn_norm, eps);
+    gemm_for(h, B, C, (const W*)w.qkv, width, w.qkv_b, qkv, STORE);
+    gqa_attention_for(qkv, keys + l * layer_stride, values + l * layer_stride, row_stride, att, B, H, Hkv, d,
+                      max_len, length, pad, cos, sin, pos, scores);
+    gemm_for(att, B, H * d, (const W*)w.o, C, nullptr, x, ADD);
+    rmsnorm_for(x, h, B, C, w.mlp_norm, eps);
+    gemm_for(h, B, C, (const W*)w.gate_up, 2 * I, nullptr, gu, STORE);
+    swiglu_for(gu, m, B, I);
+    gemm_for(m, B, I, (const W*)w.down, C, nullptr, x, ADD);
+  }
+}
+
 extern "C" {
 
 int lmlab_panel_width(void) { return P; }
@@ -302,6 +420,19 @@ void lmlab_gpt_blocks(const BlockWeights* blocks, int64_t n_layer, int64_t B, in
   (half ? run_blocks<uint16_t> : run_blocks<float>)(blocks, n_layer, B, C, H, hidden, eps, gelu, x, keys, values,
                                                     max_len, layer_stride, row_stride, length, pad, scratch,
                                                     threads);
+}
+
+// One decoding step of B rows through n_layer Llama blocks, as lmlab_gpt_blocks for a GPT. x [B, C] in and out;
+// keys/values [n_layer, B, Hkv, max_len, d]; pos [B]: each row's rotary position; cos / sin [positions, d].
+// scratch: B * (C + (H + 2 Hkv) d + H d + 3 I + H * max_len) floats.
+void lmlab_llama_blocks(const LlamaWeights* blocks, int64_t n_layer, int64_t B, int64_t C, int64_t H, int64_t Hkv,
+                        int64_t d, int64_t I, float eps, float* x, float* keys, float* values, int64_t max_len,
+                        int64_t layer_stride, int64_t row_stride, int64_t length, const int64_t* pad,
+                        const float* cos, const float* sin, const int64_t* pos, float* scratch, int half,
+                        int threads) {
+  (half ? run_llama_blocks<uint16_t> : run_llama_blocks<float>)(blocks, n_layer, B, C, H, Hkv, d, I, eps, x, keys,
+                                                                values, max_len, layer_stride, row_stride, length,
+                                                                pad, cos, sin, pos, scratch, threads);
 }
 
 }  // extern "C"

@@ -79,6 +79,10 @@ def _load():
                 lib.lmlab_gpt_blocks.argtypes = ([ctypes.c_void_p] + [ctypes.c_int64] * 5
                                                  + [ctypes.c_float, ctypes.c_int] + [ctypes.c_void_p] * 3
                                                  + [ctypes.c_int64] * 4 + [ctypes.c_void_p] * 2 + [ctypes.c_int] * 2)
+                lib.lmlab_llama_blocks.restype = None
+                lib.lmlab_llama_blocks.argtypes = ([ctypes.c_void_p] + [ctypes.c_int64] * 7 + [ctypes.c_float]
+                                                   + [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 4
+                                                   + [ctypes.c_void_p] * 5 + [ctypes.c_int] * 2)
                 _lib = lib
             except (OSError, subprocess.SubprocessError):
                 pass  # no working compiler: MKL it is
@@ -228,6 +232,77 @@ def gpt_blocks_apply(blocks: torch.nn.ModuleList, x: torch.Tensor, cache, pad: t
     return True
 
 
+class _LlamaWeights(ctypes.Structure):  # decode_kernels.cpp's LlamaWeights
+    _fields_ = [(name, ctypes.c_void_p) for name in ("attn_norm", "qkv", "qkv_b", "o", "mlp_norm", "gate_up", "down")]
+
+
+def _packed_rows(owner: torch.nn.Module, layers: list, half: bool) -> torch.Tensor:
+    """The weights of several Linear layers stacked (their output rows one after another) and packed: one matrix
+    product reads them as one stream (Llama's q, k, v; gate and up). Kept with `owner` until a weight changes."""
+    key = tuple((layer.weight.data_ptr(), layer.weight._version) for layer in layers) + (half,)
+    cached = _packed.get(owner)
+    if cached is None or cached[0] != key:
+        cached = _packed[owner] = (key, pack(torch.cat([layer.weight.detach() for layer in layers]), half))
+    return cached[1]
+
+
+def _llama_table(layers: torch.nn.ModuleList) -> tuple:
+    """As _block_table, for Llama blocks (models/llama.py): (C array of LlamaWeights, what it points to)."""
+    params = list(layers.parameters())
+    key = tuple((p.data_ptr(), p._version) for p in params)
+    cached = _block_tables.get(layers)
+    if cached is None or cached[0] != key:
+        first = layers[0]
+        half = getattr(first.self_attn.q_proj, HALF_WEIGHTS, False)
+        linears = lambda b: (b.self_attn.q_proj, b.self_attn.k_proj, b.self_attn.v_proj, b.self_attn.o_proj,  # noqa
+                             b.mlp.gate_proj, b.mlp.up_proj, b.mlp.down_proj)
+        supported = (all(p.dtype == torch.float32 and p.device.type == "cpu" for p in params)
+                     and all(type(layer) is torch.nn.Linear and getattr(layer, HALF_WEIGHTS, False) == half
+                             for b in layers for layer in linears(b))
+                     and all(type(n) is torch.nn.RMSNorm and n.weight is not None and n.eps == first.input_layernorm.eps
+                             for b in layers for n in (b.input_layernorm, b.post_attention_layernorm)))
+        table, keep = None, []
+        if supported:
+            table = (_LlamaWeights * len(layers))()
+            for entry, b in zip(table, layers):
+                a, mlp = b.self_attn, b.mlp
+                keep += [_packed_rows(a, [a.q_proj, a.k_proj, a.v_proj], half), packed_weight(a.o_proj),
+                         _packed_rows(mlp, [mlp.gate_proj, mlp.up_proj], half), packed_weight(mlp.down_proj)]
+                bias = torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]) if a.q_proj.bias is not None else None
+                keep.append(bias)
+                entry.qkv, entry.o, entry.gate_up, entry.down = (t.data_ptr() for t in keep[-5:-1])
+                entry.qkv_b = _pointer(bias)
+                entry.attn_norm, entry.mlp_norm = (_pointer(n.weight) for n in (b.input_layernorm,
+                                                                                b.post_attention_layernorm))
+        cached = _block_tables[layers] = (key, table, keep)
+    return cached[1:]
+
+
 def llama_blocks_apply(model, x: torch.Tensor, cache, positions: torch.Tensor, pad: torch.Tensor | None) -> bool:
-    """A Llama decoding step through the kernel (not written yet): False, the torch blocks run."""
-    return False
+    """A Llama decoding step through the kernel: x [B, 1, C] (one new position per row, float32, CPU) through
+    every block in place, each layer's key and value appended to `cache`; `positions`: the new position's rotary
+    position ([1], or [B, 1] with left padding `pad`). False (x untouched) where the kernel cannot."""
+    B, T, C = x.shape
+    cache.room_for_columns(cache.length + T)
+    layers, cfg = model.layers, model.cfg
+    if (T != 1 or not available() or x.dtype != torch.float32 or x.device.type != "cpu" or not x.is_contiguous()
+            or torch.is_grad_enabled() or model.training or cache.k.dtype != torch.float32
+            or model.rope_cos.dtype != torch.float32 or cache.k.shape[1] != B or not _row_contiguous(cache)
+            or (pad is not None and (pad.dtype != torch.long or not pad.is_contiguous()))):
+        return False
+    if cache.kernel_table is None or cache.kernel_table[0] is not layers:
+        cache.kernel_table = (layers, *_llama_table(layers))
+    table = cache.kernel_table[1]
+    if table is None:
+        return False
+    n_layer, _, Hkv, max_len, d = cache.k.shape
+    H, I = cfg.n_head, cfg.mlp_width
+    half = cache.kernel_table[2][0].dtype == torch.float16
+    pos = positions.reshape(-1).expand(B).contiguous()
+    scratch = torch.empty(B * (C + (H + 2 * Hkv) * d + H * d + 3 * I + H * max_len))
+    _load().lmlab_llama_blocks(ctypes.addressof(table), n_layer, B, C, H, Hkv, d, I,
+                               layers[0].input_layernorm.eps or torch.finfo(torch.float32).eps, x.data_ptr(),
+                               cache.k.data_ptr(), cache.v.data_ptr(), max_len, cache.k.stride(0), cache.k.stride(1),
+                               cache.length, _pointer(pad), model.rope_cos.data_ptr(), model.rope_sin.data_ptr(),
+                               pos.data_ptr(), scratch.data_ptr(), half, torch.get_num_threads())
+    return True
