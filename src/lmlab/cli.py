@@ -70,6 +70,9 @@ RUN = {  # starting, continuing or fine-tuning a run from a config
     "resume": opt("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint"),
     "init": opt("--init", metavar="RUN_DIR", help="fine-tune: a new run starting from this run's weights and "
                 "architecture (e.g. one made by lmlab convert); prepare its data with --tokenizer RUN_DIR")}
+DTYPE = opt("--dtype", choices=["fp32", "fp16", "bf16", "int8"], help="the weights' precision for decoding (fp16 "
+            "Linear weights read by the CPU kernels, bf16, or int8 dynamic quantization on CPU): faster, logits no "
+            "longer exact")
 NPROC = opt("--nproc", type=int, metavar="N", help="train with N processes on this machine (torchrun --standalone; "
             "one per GPU, gloo on CPU); pick DDP or FSDP with --train.strategy")
 
@@ -116,8 +119,7 @@ VERBS = {
         "stream_output": opt("--stream", action=argparse.BooleanOptionalAction,
                              help="print tokens as they come (default) or each sequence when it is done"),
         "logprobs": opt("--logprobs", action="store_true", help="after each sequence, its tokens and log-probabilities"),
-        "dtype": opt("--dtype", choices=["fp32", "fp16", "bf16", "int8"], help="opt-in lower precision for decoding "
-                     "(fp16 Linear weights, bf16, or int8 dynamic quantization on CPU): faster, logits no longer exact"),
+        "dtype": DTYPE,
     }, (GENERATION, DEVICE)),
     "compare": Verb("several models (any family, any tokenizer) on one text, in bits per byte", "compare:compare_command", {
         "models": opt("models", nargs="+", metavar="RUN_OR_ARPA", help="run directories and/or n-gram model files"),
@@ -235,7 +237,8 @@ VERBS = {
         "max_body_bytes": opt("--max-body-bytes", type=int, help="cap on a request body (1 MiB)"),
         "timeout": opt("--timeout", type=float, help="seconds a request may take, queueing included (120)"),
         "max_queue": opt("--max-queue", type=int, help="requests waiting for room before new ones get 503 (256)"),
-        "log_level": opt("--log-level", choices=["critical", "error", "warning", "info", "debug"])}, (DEVICE,)),
+        "log_level": opt("--log-level", choices=["critical", "error", "warning", "info", "debug"]),
+        "dtype": DTYPE}, (DEVICE,)),
     "demo": Verb("prepare Tiny Shakespeare, train a small GPT (~2-3 min), evaluate, sample", "demo:run_demo", {
         "out": opt("--out", help="where the demo writes its data and run (default runs/demo)"),
         "max_iters": opt("--max-iters", type=int)}),

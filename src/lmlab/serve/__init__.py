@@ -38,9 +38,11 @@ def model_name(spec: str) -> tuple[str, str]:
     return name, spec
 
 
-def load_models(specs: list[str], device: str = "cpu") -> dict[str, tuple]:
-    """{name: (model, tokenizer)} for run directories / n-gram files given as PATH or NAME=PATH."""
+def load_models(specs: list[str], device: str = "cpu", dtype: str = "fp32") -> dict[str, tuple]:
+    """{name: (model, tokenizer)} for run directories / n-gram files given as PATH or NAME=PATH; `dtype` the
+    precision the weights decode in (lmlab.generate.decoding_model: fp32, fp16, bf16, int8)."""
     from ..checkpoint import load
+    from ..generate import decoding_model
     from ..models.base import require_causal
 
     models: dict[str, tuple] = {}
@@ -50,7 +52,7 @@ def load_models(specs: list[str], device: str = "cpu") -> dict[str, tuple]:
             raise LmlabError(f"two models are named {name!r}; name them apart with NAME=PATH.")
         model, tokenizer = load(path, device=device)
         require_causal(model, path)  # lmlab serve serves causal language models
-        models[name] = (model, tokenizer)
+        models[name] = (decoding_model(model, dtype), tokenizer)
     return models
 
 
@@ -64,7 +66,7 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          device: str = "cpu", log_level: str = "info", **limits) -> None:
+          device: str = "cpu", log_level: str = "info", dtype: str = "fp32", **limits) -> None:
     """Load the models and serve them with uvicorn until interrupted."""
     import uvicorn
 
@@ -78,7 +80,8 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000, api_key: 
 
     check_limits(**limits)
     check_port(host, port)
-    app = create_app(load_models(specs, device=str(resolve_device(device))), Limits(**limits), api_key=api_key)
+    app = create_app(load_models(specs, device=str(resolve_device(device)), dtype=dtype), Limits(**limits),
+                     api_key=api_key)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
 
 
