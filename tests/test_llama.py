@@ -138,3 +138,16 @@ def test_a_killed_run_resumes_exactly(char_data, tmp_path):
            [(x["step"], x["train_loss"], x["val_loss"]) for x in rows_b]
     wa, wb = load_file(run_a / "model.safetensors"), load_file(run_b / "model.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_windows_of_at_most_context_tokens():
+    """`context` caps a windowed model's windows (eval / compare --context): with stride 8, window k reads ids
+    8k .. 8k+7 and predicts ids 8k+1 .. 8k+8, from nothing before it."""
+    model = perturbed(LlamaConfig(vocab_size=101, n_embd=32, n_layer=2, n_head=4, block_size=64))
+    ids = torch.randint(0, 101, (41,))
+    got = model.token_logprobs(ids.tolist(), stride=8, context=8)
+    with torch.no_grad():
+        want = torch.cat([torch.log_softmax(model(ids[None, s:s + 8]), -1)[0].gather(1, ids[s + 1:s + 9, None])[:, 0]
+                          for s in range(0, 40, 8)])
+    assert got.shape == (40,) and abs(got - want.double().numpy()).max() < 1e-5
+    assert abs(got - model.token_logprobs(ids.tolist())).max() > 1e-3  # (windows of 64: other numbers)

@@ -73,6 +73,8 @@ RUN = {  # starting, continuing or fine-tuning a run from a config
 DTYPE = opt("--dtype", choices=["fp32", "fp16", "bf16", "int8"], help="the weights' precision for decoding (fp16 "
             "Linear weights read by the CPU kernels, bf16, or int8 dynamic quantization on CPU): faster, logits no "
             "longer exact")
+CONTEXT = opt("--context", type=int, metavar="N", help="windowed models (GPT, Llama) score with windows of at most "
+              "N tokens (default: block_size; a model of a long context costs T^2 per window)")
 NPROC = opt("--nproc", type=int, metavar="N", help="train with N processes on this machine (torchrun --standalone; "
             "one per GPU, gloo on CPU); pick DDP or FSDP with --train.strategy")
 
@@ -106,6 +108,7 @@ VERBS = {
                      "run": opt("run", help="run directory, or an n-gram model (.arpa / .npz)"),
                      "data": opt("--data", required=True, help="a text file, or a val.bin/train.bin of lmlab prepare"),
                      "stride": opt("--stride", type=int, help="sliding-window stride (default block_size/2)"),
+                     "context": CONTEXT,
                      "refs": opt("--refs", help="seq2seq: reference file, one line per line of --data"),
                      "metric": opt("--metric", help="seq2seq: bleu (default), chrf or rouge"),
                      "hyps": opt("--hyps", help="seq2seq: also write the model's output lines to this file"),
@@ -128,6 +131,7 @@ VERBS = {
         "plot_curves": opt("--plot-curves", action="store_true", help="also the runs' validation curves (curves.png)"),
         "interpolate": opt("--interpolate", nargs=2, metavar=("A", "B"), help="mix two models with the same tokens: "
                            "weight tuned on the first half of the text, bits per byte on the second half"),
+        "context": CONTEXT,
     }, (DEVICE,)),
     "ngram": {
         "train": Verb("count and estimate an n-gram model (lmplz)", "models.ngram.verbs:train_command", {

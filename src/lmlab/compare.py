@@ -55,10 +55,11 @@ def load_models(paths, device: str = "cpu") -> list[Scored]:
     return out
 
 
-def score(entry: Scored, text: str) -> tuple[np.ndarray, EvalResult]:
-    """Per-token log-probabilities of `text` under one model, and the totals. Errors name the model."""
+def score(entry: Scored, text: str, context: int | None = None) -> tuple[np.ndarray, EvalResult]:
+    """Per-token log-probabilities of `text` under one model (windows of at most `context` tokens), and the
+    totals. Errors name the model."""
     try:
-        return score_text(entry.model, entry.tokenizer, text)
+        return score_text(entry.model, entry.tokenizer, text, **({"context": context} if context else {}))
     except LmlabError as e:
         raise LmlabError(f"{entry.path}: {e}") from None
 
@@ -179,14 +180,14 @@ def halves(text: str) -> tuple[str, str]:
     return text[:cut], text[cut:]
 
 
-def interpolate(a: Scored, b: Scored, text: str) -> dict:
+def interpolate(a: Scored, b: Scored, text: str, context: int | None = None) -> dict:
     """Tune λ on the first half of `text`, report bits per byte of A, B and the mix on the second half."""
     tune, test = halves(text)
     check_same_tokens(a, b, text)
-    (la, _), (lb, _) = score(a, tune), score(b, tune)
+    (la, _), (lb, _) = score(a, tune, context), score(b, tune, context)
     m = min(len(la), len(lb))  # a GPT/RNN does not predict the first token, an n-gram does: align the ends
     lam = best_weight(la[-m:], lb[-m:])
-    (ta, ra), (tb, rb) = score(a, test), score(b, test)
+    (ta, ra), (tb, rb) = score(a, test, context), score(b, test, context)
     m = min(len(ta), len(tb))
     nbytes = min(ra.bytes, rb.bytes)  # bytes of the tokens both predict
     bpb = lambda lp: -float(lp.sum()) / LN2 / nbytes
@@ -198,7 +199,7 @@ def interpolate(a: Scored, b: Scored, text: str) -> dict:
 # ----------------------------------------------------------------------------- the command
 
 def compare(paths, text: str, out_dir: str | Path = ".", plot_curves: bool = False,
-            interpolate_pair: tuple[str, str] | None = None, device: str = "cpu") -> dict:
+            interpolate_pair: tuple[str, str] | None = None, device: str = "cpu", context: int | None = None) -> dict:
     """Score every model on `text`; write compare.csv and compare.png (+ curves.png, interpolate.csv) to out_dir."""
     from .report import plot_bars, plot_curves as plot_curve_lines
 
@@ -211,11 +212,11 @@ def compare(paths, text: str, out_dir: str | Path = ".", plot_curves: bool = Fal
                 for p in interpolate_pair]
         pair = [e or load_models([p], device)[0] for e, p in zip(pair, interpolate_pair)]
     for entry in entries:
-        entry.result = score(entry, text)[1]
+        entry.result = score(entry, text, context)[1]
     rows = [row(e) for e in entries]
     out_dir = Path(out_dir)
     out = {"rows": rows, "table": markdown(rows), "files": []}
-    mix = interpolate(*pair, text) if pair is not None else None
+    mix = interpolate(*pair, text, context) if pair is not None else None
     write_csv(rows, out_dir / "compare.csv")
     plot_bars([r["model"] for r in rows], [r["bits_per_byte"] for r in rows], out_dir / "compare.png",
               ylabel="bits per byte (lower is better)", title="models on the same text")
@@ -233,7 +234,8 @@ def compare(paths, text: str, out_dir: str | Path = ".", plot_curves: bool = Fal
     return out
 
 
-def compare_command(models, data, out=".", plot_curves: bool = False, interpolate=None, device: str = "cpu") -> None:
+def compare_command(models, data, out=".", plot_curves: bool = False, interpolate=None, device: str = "cpu",
+                    context: int | None = None) -> None:
     """`lmlab compare`: the table, the interpolation's result, and the files written."""
     import sys
 
@@ -241,7 +243,8 @@ def compare_command(models, data, out=".", plot_curves: bool = False, interpolat
     from .runtime import resolve_device
 
     result = compare(models, read_text(data), out, plot_curves=plot_curves,
-                     interpolate_pair=tuple(interpolate) if interpolate else None, device=str(resolve_device(device)))
+                     interpolate_pair=tuple(interpolate) if interpolate else None, device=str(resolve_device(device)),
+                     context=context)
     print(result["table"])
     mix = result.get("interpolation")
     if mix:

@@ -15,7 +15,7 @@ from .errors import LmlabError
 from .metrics import EvalResult
 
 
-def evaluate_run(run, data, stride: int | None = None, device: str = "cpu") -> EvalResult:
+def evaluate_run(run, data, stride: int | None = None, device: str = "cpu", context: int | None = None) -> EvalResult:
     """A causal LM of a run directory or n-gram file on a text file or a prepared .bin split of its tokenizer."""
     from .checkpoint import is_ngram_file, load
     from .files import read_json, read_text
@@ -25,7 +25,7 @@ def evaluate_run(run, data, stride: int | None = None, device: str = "cpu") -> E
 
     model, tokenizer = load(run, device=str(resolve_device(device)))
     require_causal(model, run)
-    kwargs = {"stride": stride} if stride is not None else {}
+    kwargs = {k: v for k, v in (("stride", stride), ("context", context)) if v is not None}
     path = Path(data)
     if path.suffix != ".bin":
         return evaluate_text(model, tokenizer, read_text(path), **kwargs)
@@ -41,7 +41,7 @@ def evaluate_run(run, data, stride: int | None = None, device: str = "cpu") -> E
 
 
 def eval_command(run, data, cfg, stride: int | None = None, refs=None, metric: str | None = None, hyps=None,
-                 json_output: bool = False, device: str = "cpu") -> None:
+                 json_output: bool = False, device: str = "cpu", context: int | None = None) -> None:
     """`lmlab eval`: print the measures (or their JSON). With --refs or --metric, `cfg` (beams, length penalty,
     max new tokens) decodes the encoder-decoder's output."""
     if refs is not None or metric is not None:
@@ -52,7 +52,7 @@ def eval_command(run, data, cfg, stride: int | None = None, refs=None, metric: s
         report = result.pop("report")
         print(json.dumps(result, indent=2) if json_output else report)
         return
-    result = evaluate_run(run, data, stride, device)
+    result = evaluate_run(run, data, stride, device, context)
     if json_output:
         print(json.dumps(result.as_dict(), indent=2))
         return

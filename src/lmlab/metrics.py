@@ -68,8 +68,9 @@ def score_ids(model, tokenizer, ids, text: str | None = None, **kwargs) -> tuple
     ids = np.asarray(ids, dtype=np.int64)
     if ids.size < 2:
         raise LmlabError("the evaluation text is too short: it needs at least two tokens.")
-    if kwargs.get("stride") is not None and kwargs["stride"] < 1:
-        raise LmlabError(f"stride must be a positive number of tokens, got {kwargs['stride']}.")
+    for name in ("stride", "context"):
+        if kwargs.get(name) is not None and kwargs[name] < 1:
+            raise LmlabError(f"{name} must be a positive number of tokens, got {kwargs[name]}.")
     vocab = getattr(tokenizer, "vocab_size", None)
     if vocab is not None and (ids.min() < 0 or ids.max() >= vocab):
         raise LmlabError(f"the data has token id {int(ids.max() if ids.max() >= vocab else ids.min())} outside the "

@@ -116,14 +116,16 @@ class DecoderLM(NeuralLM):
         return F.log_softmax(self.lm_head(h[:, -n:]).float(), dim=-1), state
 
     @torch.inference_mode()
-    def token_logprobs(self, ids, stride: int | None = None, batch_size: int = 8) -> np.ndarray:
-        """Natural-log probability of ids[1:], each given up to block_size previous tokens.
+    def token_logprobs(self, ids, stride: int | None = None, batch_size: int = 8,
+                       context: int | None = None) -> np.ndarray:
+        """Natural-log probability of ids[1:], each given up to block_size previous tokens (or `context`, when
+        smaller: windows of a long-context model cost T^2 in attention).
 
         Sliding windows (HF perplexity recipe): each window predicts `stride` new tokens with
-        block_size - stride tokens of extra context. stride = block_size gives disjoint windows.
+        window - stride tokens of extra context. stride = the window gives disjoint windows.
         """
         ids = torch.as_tensor(np.asarray(ids, dtype=np.int64)).to(self.device)
-        n, block = ids.numel(), self.cfg.block_size
+        n, block = ids.numel(), min(self.cfg.block_size, context or self.cfg.block_size)
         stride = min(stride or max(1, block // 2), block)
         out = np.empty(max(n - 1, 0), dtype=np.float64)
         windows = []  # (input start, first target, end): targets ids[first:end] from inputs ids[start:end-1]

@@ -217,15 +217,16 @@ class RNNLM(NeuralLM):
         return F.log_softmax(state.last.float(), dim=-1), state
 
     @torch.inference_mode()
-    def token_logprobs(self, ids, stride: int | None = None, chunk: int = 1024, streams: int | None = None) -> np.ndarray:
+    def token_logprobs(self, ids, stride: int | None = None, chunk: int = 1024, streams: int | None = None,
+                       context: int | None = None) -> np.ndarray:
         """Natural-log probability of ids[1:], each given every previous token of its stream (state carried in chunks).
 
         One stream runs at batch 1, where every step reads all the weights for one token (memory-bound). So a
         long text is cut into `streams` contiguous pieces run side by side, as word_language_model's evaluation
         batches the test set: default one stream per 4,096 tokens, at most 16. A piece after the first starts
         from a zero state (its first token is context only), so 15 of 245k WikiText-2 test tokens lose their
-        history. streams=1 carries the state through the whole text. `stride` is accepted for interface parity
-        with windowed models and ignored.
+        history. streams=1 carries the state through the whole text. `stride` and `context` are accepted for
+        interface parity with windowed models and ignored.
         """
         ids = torch.as_tensor(np.asarray(ids, dtype=np.int64)).to(self.wte.weight.device)
         n = ids.numel()
