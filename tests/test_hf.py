@@ -243,7 +243,7 @@ def test_bad_hf_directories(make, needles, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["convert", "X", "--from", "hf-llama", "--out", "Y"], "unknown format 'hf-llama'"),
+    (["convert", "X", "--from", "onnx", "--out", "Y"], "unknown format 'onnx'"),
     (["convert", "X", "--out", "Y"], "needs either --from"),
     (["convert", "X", "--to", "hf-gpt2"], "needs an output directory"),
 ])
