@@ -19,6 +19,7 @@ from lmlab.tokenizer import EOT, train_tokenizer
 
 from conftest import SHAKESPEARE, run_main, tree
 from test_cli import assert_user_error
+from test_hf import assert_eval_and_generate_work, max_logit_diff, random_ids
 
 transformers = pytest.importorskip("transformers")
 
@@ -85,15 +86,6 @@ def imported(hf_dirs, tmp_path_factory):
         runs[kind] = base / kind
         import_hf_llama(path, runs[kind])
     return runs
-
-
-def random_ids(vocab, batch=3, length=40, seed=1):
-    return torch.randint(vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
-
-
-def max_logit_diff(ours, hf, ids) -> float:
-    with torch.no_grad():
-        return (ours(ids) - hf(ids).logits).abs().max().item()
 
 
 # ----------------------------------------------------------------------------------- HF -> lmlab
@@ -191,13 +183,7 @@ def test_convert_through_the_command_then_eval_and_generate(hf_dirs, tmp_path, c
     assert code == 0, err
     assert stdout.strip() == (f"wrote {run}: qwen2 2x64, 8 heads (4 key/value), SwiGLU 96, context 128, vocab 300, "
                               "q/k/v biases, tied head, 81,216 parameters, bpe tokenizer, chat template kept")
-    text = tmp_path / "t.txt"
-    text.write_text(TEXT[:2000])
-    code, stdout, err = run_main(["eval", run, "--data", text, "--json"], capsys)
-    assert code == 0 and json.loads(stdout)["tokens"] > 0, err
-    code, stdout, err = run_main(["generate", run, "--prompt", "ROMEO:", "--max-new-tokens", "5",
-                                  "--temperature", "0"], capsys)
-    assert code == 0 and stdout.startswith("ROMEO:"), err
+    assert_eval_and_generate_work(run, tmp_path, capsys)
 
 
 def _edit_config(path, **changes):

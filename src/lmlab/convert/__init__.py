@@ -7,6 +7,7 @@ returns the line `lmlab convert` prints. A new format is one new module here and
   fine-tune with `lmlab classify train --init RUN`).
 - hf-llama (hf_llama.py): Hugging Face LlamaForCausalLM / Qwen2ForCausalLM / MistralForCausalLM directories <->
   lmlab Llama runs, both ways, logits equal to float rounding.
+- gguf (gguf.py): llama.cpp's GGUF files (architectures llama and qwen2), import only, dequantized to float32.
 hf_files.py holds what every Hugging Face format reads and writes (config.json, safetensors / .bin weights,
 tokenizer files, tokenizer_config.json, the atomic output directory).
 """
@@ -26,11 +27,14 @@ def _gpt2_imported(src, out) -> str:
             f"vocab {c.vocab_size}, {info['parameters']:,} parameters, {info['tokenizer']} tokenizer{eot}")
 
 
+def _tokenizer_note(info) -> str:
+    return "" if info["hf_tokenizer"] else (f"; its {info['tokenizer']} tokenizer.json is lmlab's format, "
+                                            "which Hugging Face tokenizers cannot read")
+
+
 def _gpt2_exported(run, out) -> str:
     info = export_hf_gpt2(run, out)
-    note = "" if info["hf_tokenizer"] else (f"; its {info['tokenizer']} tokenizer.json is lmlab's format, "
-                                            "which Hugging Face tokenizers cannot read")
-    return f"wrote {out}: config.json, model.safetensors, tokenizer.json for GPT2LMHeadModel{note}"
+    return f"wrote {out}: config.json, model.safetensors, tokenizer.json for GPT2LMHeadModel{_tokenizer_note(info)}"
 
 
 def _bert_imported(src, out) -> str:
@@ -60,15 +64,23 @@ def _llama_imported(src, out) -> str:
 
 def _llama_exported(run, out) -> str:
     info = export_hf_llama(run, out)
-    note = "" if info["hf_tokenizer"] else (f"; its {info['tokenizer']} tokenizer.json is lmlab's format, "
-                                            "which Hugging Face tokenizers cannot read")
-    arch = info["config"]["architectures"][0]
-    return f"wrote {out}: config.json, model.safetensors, tokenizer.json, tokenizer_config.json for {arch}{note}"
+    settings = ", tokenizer_config.json" if info["hf_tokenizer"] else ""
+    return (f"wrote {out}: config.json, model.safetensors, tokenizer.json{settings} for "
+            f"{info['config']['architectures'][0]}{_tokenizer_note(info)}")
+
+
+def _gguf_imported(src, out) -> str:
+    from .gguf import import_gguf
+
+    info = import_gguf(src, out)
+    return (f"wrote {out}: {info['architecture']} {_llama_summary(info['config'])}, {info['parameters']:,} "
+            f"parameters dequantized to float32 from {', '.join(info['tensor_types'])}, {info['tokenizer']} "
+            f"tokenizer{_template_note(info)}")
 
 
 # format -> (reader: (source, out run) -> summary, writer: (run, out dir) -> summary, or None: import only)
 FORMATS = {"hf-gpt2": (_gpt2_imported, _gpt2_exported), "hf-bert": (_bert_imported, None),
-           "hf-llama": (_llama_imported, _llama_exported)}
+           "hf-llama": (_llama_imported, _llama_exported), "gguf": (_gguf_imported, None)}
 
 
 def convert_command(source, from_format: str | None = None, to: list[str] | None = None, out=None) -> None:

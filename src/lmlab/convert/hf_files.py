@@ -137,14 +137,15 @@ def tokenizer_config_json(settings: dict, block_size: int) -> str:
     return json.dumps(config, indent=2, ensure_ascii=False) + "\n"
 
 
-def check_shapes(model_cls, cfg, state: dict, where: str) -> None:
-    """Every tensor has the shape `model_cls(cfg)` gives it (so a config.json that lies is caught here)."""
+def check_shapes(model_cls, cfg, state: dict, where: str, config: str = "config.json") -> None:
+    """Every tensor has the shape `model_cls(cfg)` gives it (so a config that lies is caught here); `config`
+    names where the settings came from."""
     with torch.device("meta"):
         shapes = {k: v.shape for k, v in model_cls(cfg).state_dict().items()}
     for name, tensor in state.items():
         if tensor.shape != shapes[name]:
-            raise LmlabError(f"{where} has a tensor of shape {tuple(tensor.shape)} where its config.json implies "
-                             f"{tuple(shapes[name])} ({name}); the weights and config.json do not belong together.")
+            raise LmlabError(f"{where} has a tensor of shape {tuple(tensor.shape)} where its {config} implies "
+                             f"{tuple(shapes[name])} ({name}); the weights and {config} do not belong together.")
 
 
 def check_free(out: Path) -> None:

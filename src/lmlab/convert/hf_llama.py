@@ -30,6 +30,11 @@ SHAPE_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_laye
 _UNUSED = ("rotary_emb.inv_freq",)  # buffers some older checkpoints saved
 
 
+def not_exact(where: str, why: str) -> LmlabError:
+    """The one sentence refusing what lmlab's Llama cannot compute exactly (`why` names it)."""
+    return LmlabError(f"{where} cannot be converted exactly: {why}, which lmlab's Llama does not implement.")
+
+
 def llama_type(hf_config: dict, where: str) -> str:
     """llama, qwen2 or mistral; any other architecture is refused, naming it."""
     found = hf_config.get("model_type")
@@ -88,7 +93,7 @@ def llama_config_from_hf(hf_config: dict, where: str = "the checkpoint"):
     positions = int(hf_config.get("max_position_embeddings") or MAX_POSITIONS[model_type])
     for refused, why in _refusals(hf_config, model_type, positions):
         if refused:
-            raise LmlabError(f"{where} cannot be converted exactly: {why}, which lmlab's Llama does not implement.")
+            raise not_exact(where, why)
     heads = hf_config["num_attention_heads"]
     head_dim = hf_config.get("head_dim") or 0
     cfg = LlamaConfig(vocab_size=hf_config["vocab_size"], block_size=positions, n_layer=hf_config["num_hidden_layers"],
