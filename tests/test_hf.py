@@ -205,6 +205,11 @@ def test_convert_both_ways_through_the_command(hf_dir, tmp_path, capsys):
     code, stdout, err = run_main(["convert", run, "--to", "hf-gpt2", out], capsys)
     assert code == 0, err
     assert GPT2LMHeadModel.from_pretrained(out).config.n_embd == 32
+    assert_eval_and_generate_work(run, tmp_path, capsys)
+
+
+def assert_eval_and_generate_work(run, tmp_path, capsys):
+    """`lmlab eval` and `lmlab generate` run on an imported run."""
     text = tmp_path / "t.txt"
     text.write_text(TEXT[:2000])
     code, stdout, err = run_main(["eval", run, "--data", text, "--json"], capsys)
@@ -243,7 +248,7 @@ def test_bad_hf_directories(make, needles, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["convert", "X", "--from", "hf-llama", "--out", "Y"], "unknown format 'hf-llama'"),
+    (["convert", "X", "--from", "onnx", "--out", "Y"], "unknown format 'onnx'"),
     (["convert", "X", "--out", "Y"], "needs either --from"),
     (["convert", "X", "--to", "hf-gpt2"], "needs an output directory"),
 ])

@@ -153,10 +153,13 @@ VERBS = {
             "data": opt("--data", help="text file to score instead of stdin"),
             "summary": opt("--summary", action="store_true", help="print only the totals")}),
     },
-    "convert": Verb("import / export Hugging Face GPT-2 checkpoints; import BERT ones", "convert:convert_command", {
-        "source": opt("source", help="Hugging Face directory (with --from) or lmlab run directory (with --to)"),
-        "from_format": opt("--from", metavar="FORMAT", help="import: hf-gpt2 or hf-bert"),
-        "to": opt("--to", nargs="+", metavar=("FORMAT", "DIR"), help="export: hf-gpt2 and the output directory"),
+    "convert": Verb("import / export Hugging Face GPT-2 and Llama / Qwen2 / Mistral checkpoints; import BERT ones "
+                    "and GGUF files", "convert:convert_command", {
+        "source": opt("source", help="Hugging Face directory or .gguf file (with --from), or lmlab run directory "
+                      "(with --to)"),
+        "from_format": opt("--from", metavar="FORMAT", help="import: hf-gpt2, hf-bert, hf-llama or gguf"),
+        "to": opt("--to", nargs="+", metavar=("FORMAT", "DIR"), help="export: hf-gpt2 or hf-llama and the output "
+                  "directory"),
         "out": opt("--out", help="output directory (a run for --from; the HF directory for --to)")}),
     "classify": {
         "train": Verb("train a classifier into a run directory", "tasks.classify:train_command", {

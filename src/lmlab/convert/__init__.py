@@ -5,14 +5,18 @@ returns the line `lmlab convert` prints. A new format is one new module here and
 - hf-gpt2 (hf_gpt2.py): Hugging Face GPT2LMHeadModel directories, both ways, logits equal to float rounding.
 - hf-bert (hf_bert.py): Hugging Face BertModel / BertForMaskedLM / ... directories, import only (an encoder to
   fine-tune with `lmlab classify train --init RUN`).
+- hf-llama (hf_llama.py): Hugging Face LlamaForCausalLM / Qwen2ForCausalLM / MistralForCausalLM directories <->
+  lmlab Llama runs, both ways, logits equal to float rounding.
+- gguf (gguf.py): llama.cpp's GGUF files (architectures llama and qwen2), import only, dequantized to float32.
 hf_files.py holds what every Hugging Face format reads and writes (config.json, safetensors / .bin weights,
-tokenizer files, the atomic output directory).
+tokenizer files, tokenizer_config.json, the atomic output directory).
 """
 from __future__ import annotations
 
 from ..errors import LmlabError
 from .hf_bert import bert_to_lmlab, import_hf_bert, load_hf_bert  # noqa: F401 (the interop API in one place)
 from .hf_gpt2 import export_hf_gpt2, gpt2_to_lmlab, import_hf_gpt2, lmlab_to_gpt2  # noqa: F401
+from .hf_llama import export_hf_llama, hf_llama_to_lmlab, import_hf_llama, lmlab_to_hf_llama  # noqa: F401
 
 
 def _gpt2_imported(src, out) -> str:
@@ -23,11 +27,14 @@ def _gpt2_imported(src, out) -> str:
             f"vocab {c.vocab_size}, {info['parameters']:,} parameters, {info['tokenizer']} tokenizer{eot}")
 
 
+def _tokenizer_note(info) -> str:
+    return "" if info["hf_tokenizer"] else (f"; its {info['tokenizer']} tokenizer.json is lmlab's format, "
+                                            "which Hugging Face tokenizers cannot read")
+
+
 def _gpt2_exported(run, out) -> str:
     info = export_hf_gpt2(run, out)
-    note = "" if info["hf_tokenizer"] else (f"; its {info['tokenizer']} tokenizer.json is lmlab's format, "
-                                            "which Hugging Face tokenizers cannot read")
-    return f"wrote {out}: config.json, model.safetensors, tokenizer.json for GPT2LMHeadModel{note}"
+    return f"wrote {out}: config.json, model.safetensors, tokenizer.json for GPT2LMHeadModel{_tokenizer_note(info)}"
 
 
 def _bert_imported(src, out) -> str:
@@ -39,8 +46,41 @@ def _bert_imported(src, out) -> str:
             f"{info['tokenizer']} tokenizer")
 
 
-# format -> (reader: (source dir, out run) -> summary, writer: (run, out dir) -> summary, or None: import only)
-FORMATS = {"hf-gpt2": (_gpt2_imported, _gpt2_exported), "hf-bert": (_bert_imported, None)}
+def _llama_summary(c) -> str:
+    kv = f" ({c.kv_heads} key/value)" if c.kv_heads != c.n_head else ""
+    return (f"{c.n_layer}x{c.n_embd}, {c.n_head} heads{kv}, SwiGLU {c.mlp_width}, context {c.block_size}, "
+            f"vocab {c.vocab_size}{', q/k/v biases' if c.qkv_bias else ''}{', tied head' if c.tie_weights else ''}")
+
+
+def _template_note(info) -> str:
+    return ", chat template kept" if info["chat_template"] else ""
+
+
+def _llama_imported(src, out) -> str:
+    info = import_hf_llama(src, out)
+    return (f"wrote {out}: {info['model_type']} {_llama_summary(info['config'])}, {info['parameters']:,} parameters, "
+            f"{info['tokenizer']} tokenizer{_template_note(info)}")
+
+
+def _llama_exported(run, out) -> str:
+    info = export_hf_llama(run, out)
+    settings = ", tokenizer_config.json" if info["hf_tokenizer"] else ""
+    return (f"wrote {out}: config.json, model.safetensors, tokenizer.json{settings} for "
+            f"{info['config']['architectures'][0]}{_tokenizer_note(info)}")
+
+
+def _gguf_imported(src, out) -> str:
+    from .gguf import import_gguf
+
+    info = import_gguf(src, out)
+    return (f"wrote {out}: {info['architecture']} {_llama_summary(info['config'])}, {info['parameters']:,} "
+            f"parameters dequantized to float32 from {', '.join(info['tensor_types'])}, {info['tokenizer']} "
+            f"tokenizer{_template_note(info)}")
+
+
+# format -> (reader: (source, out run) -> summary, writer: (run, out dir) -> summary, or None: import only)
+FORMATS = {"hf-gpt2": (_gpt2_imported, _gpt2_exported), "hf-bert": (_bert_imported, None),
+           "hf-llama": (_llama_imported, _llama_exported), "gguf": (_gguf_imported, None)}
 
 
 def convert_command(source, from_format: str | None = None, to: list[str] | None = None, out=None) -> None:

@@ -1,10 +1,13 @@
 """The files of a Hugging Face checkpoint directory, shared by every HF format: config.json, the weights
 (model.safetensors, pytorch_model.bin through torch.load(weights_only=True), or their shards), GPT-2's BPE
-tokenizer files; and the output directory a conversion writes atomically (a temporary sibling, renamed).
+tokenizer files, tokenizer_config.json (the chat template and special tokens, which a run keeps as they are);
+the shape check of converted tensors; and the output directory a conversion writes atomically (a temporary
+sibling, renamed).
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -23,9 +26,16 @@ def check_model_type(hf_config: dict, model_type: str, class_prefix: str, where:
     archs = [str(a) for a in hf_config.get("architectures") or []]
     if found == model_type or (found is None and archs and all(a.startswith(class_prefix) for a in archs)):
         return
+    raise other_model_error(hf_config, where, reads)
+
+
+def other_model_error(hf_config: dict, where: str, reads: str) -> LmlabError:
+    """The sentence refusing a config.json of an architecture the format does not read, naming it."""
+    found = hf_config.get("model_type")
+    archs = [str(a) for a in hf_config.get("architectures") or []]
     arch = f" ({', '.join(archs)})" if archs else ""
     what = f"a {found} model" if found else "a model of unknown type"
-    raise LmlabError(f"{where} holds {what}{arch}; {reads}.")
+    return LmlabError(f"{where} holds {what}{arch}; {reads}.")
 
 
 def read_hf_config(src: Path) -> dict:
@@ -93,6 +103,49 @@ def read_hf_bpe_tokenizer(src: Path):
     hf.post_processor = processors.ByteLevel(trim_offsets=False)
     hf.add_special_tokens([AddedToken(EOT, special=True)])  # keeps its vocab.json id when it has one
     return BPETokenizer(hf)
+
+
+# The tokenizer_config.json keys a run keeps (Hugging Face's names): what a chat template needs to render.
+TOKENIZER_CONFIG = "tokenizer_config.json"
+TOKENIZER_SETTINGS = ("chat_template", "bos_token", "eos_token", "unk_token", "pad_token", "add_bos_token",
+                      "add_eos_token")
+
+
+def _token_text(value):
+    """A special token of tokenizer_config.json as its text (transformers also writes AddedToken objects)."""
+    return value.get("content") if isinstance(value, dict) else value
+
+
+def read_tokenizer_settings(src: Path) -> dict:
+    """The chat template and special tokens of a directory's tokenizer_config.json (the template may also be
+    its own chat_template.jinja file, as transformers >= 4.43 saves it); {} when there is neither."""
+    path = src / TOKENIZER_CONFIG
+    raw = read_json(path) if path.is_file() else {}
+    if not isinstance(raw, dict):
+        raise LmlabError(f"{path} is not a JSON object; it is not a Hugging Face tokenizer config.")
+    settings = {k: _token_text(raw[k]) for k in TOKENIZER_SETTINGS if raw.get(k) is not None}
+    template = src / "chat_template.jinja"
+    if "chat_template" not in settings and template.is_file():
+        settings["chat_template"] = template.read_text(encoding="utf-8")
+    return settings
+
+
+def tokenizer_config_json(settings: dict, block_size: int) -> str:
+    """tokenizer_config.json text of a tokenizer.json with these settings, for AutoTokenizer and a chat template."""
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": block_size,
+              "clean_up_tokenization_spaces": False, **settings}
+    return json.dumps(config, indent=2, ensure_ascii=False) + "\n"
+
+
+def check_shapes(model_cls, cfg, state: dict, where: str, config: str = "config.json") -> None:
+    """Every tensor has the shape `model_cls(cfg)` gives it (so a config that lies is caught here); `config`
+    names where the settings came from."""
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in model_cls(cfg).state_dict().items()}
+    for name, tensor in state.items():
+        if tensor.shape != shapes[name]:
+            raise LmlabError(f"{where} has a tensor of shape {tuple(tensor.shape)} where its {config} implies "
+                             f"{tuple(shapes[name])} ({name}); the weights and {config} do not belong together.")
 
 
 def check_free(out: Path) -> None:

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from ..errors import LmlabError
-from .hf_files import (check_free, check_model_type, output_dir, read_hf_bpe_tokenizer, read_hf_config,
-                       read_hf_weights, save_safetensors)
+from .hf_files import (check_free, check_model_type, check_shapes, output_dir, read_hf_bpe_tokenizer,
+                       read_hf_config, read_hf_weights, save_safetensors)
 
 GPT2_FROM = "--from hf-gpt2"
 # HF activation_function -> our GPTConfig.activation (gelu_new / gelu_fast / gelu_pytorch_tanh are one formula).
@@ -95,6 +95,8 @@ def _strip_gpt2_prefix(hf_state: dict) -> dict:
 
 def gpt2_to_lmlab(hf_config: dict, hf_state: dict, where: str = "the checkpoint"):
     """(GPTConfig, state dict of our GPT) from a GPT-2 config.json dict and its tensors (float32 copies)."""
+    from ..models.gpt import GPT
+
     cfg = gpt2_config_to_lmlab(hf_config, where)
     hf = {k: v for k, v in _strip_gpt2_prefix(hf_state).items() if not _GPT2_BUFFERS.fullmatch(k)}
     names = _gpt2_name_map(cfg.n_layer)
@@ -109,20 +111,8 @@ def gpt2_to_lmlab(hf_config: dict, hf_state: dict, where: str = "the checkpoint"
              for ours, (theirs, transposed) in names.items()}
     if not cfg.tie_weights:
         state["lm_head.weight"] = hf["lm_head.weight"].float().contiguous()
-    _check_gpt2_shapes(cfg, state, where)
+    check_shapes(GPT, cfg, state, where)
     return cfg, state
-
-
-def _check_gpt2_shapes(cfg, state: dict, where: str) -> None:
-    """Every tensor has the shape our GPT of `cfg` gives it (so a config.json that lies is caught here)."""
-    from ..models.gpt import GPT
-
-    with torch.device("meta"):
-        shapes = {k: v.shape for k, v in GPT(cfg).state_dict().items()}
-    for name, tensor in state.items():
-        if tensor.shape != shapes[name]:
-            raise LmlabError(f"{where} has a tensor of shape {tuple(tensor.shape)} where its config.json implies "
-                             f"{tuple(shapes[name])} ({name}); the weights and config.json do not belong together.")
 
 
 def lmlab_to_gpt2(model, eot_id: int | None = None) -> tuple[dict, dict]:
