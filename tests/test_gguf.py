@@ -72,7 +72,21 @@ def test_smollm2_config_tokenizer_and_chat_template(smollm2_run, smollm2):
     assert settings["chat_template"].startswith("{% for message in messages %}")
     assert (settings["bos_token"], settings["eos_token"], settings["pad_token"]) == ("<|im_start|>", "<|im_end|>",
                                                                                      "<|im_end|>")
-    assert tok.encode("<|im_start|>user") == [1, 4093] and tok.eot_id == 0
+    assert tok.encode("<|im_start|>user") == [1, 4093]
+    assert tok.eot_id == 2 and tok.settings["eos_token"] == "<|im_end|>"  # generation stops where the model ends
+
+
+@needs_smollm2
+def test_smollm2_answers_a_chat_prompt_and_stops_at_im_end(smollm2):
+    from lmlab.generate import complete
+
+    model, tok, hf, _ = smollm2
+    done = complete(model, tok, PROMPTS[3], GenerationConfig(max_new_tokens=48, temperature=0))[0]
+    assert done.finish_reason == "stop" and "4" in done.text
+    prompt = torch.tensor([tok.encode(PROMPTS[3])])
+    config = transformers.GenerationConfig(do_sample=False, max_new_tokens=48, eos_token_id=2, pad_token_id=2)
+    theirs = hf.generate(prompt, attention_mask=torch.ones_like(prompt), generation_config=config)[0, prompt.shape[1]:]
+    assert tok.decode(theirs.tolist()) == done.text + "<|im_end|>"  # the same answer, ended at the same token
 
 
 @needs_smollm2

@@ -249,3 +249,38 @@ def test_export_never_overwrites(imported, tmp_path, capsys):
     (busy / "keep.txt").write_text("mine")
     assert_user_error(*run_main(["convert", imported["llama"], "--to", "hf-llama", busy], capsys), "already exists")
     assert [p.name for p in busy.iterdir()] == ["keep.txt"]
+
+
+# ----------------------------------------------------------------------------------- the tokenizer settings travel
+
+def test_the_chat_template_and_eos_survive_prepare_and_train_init(imported, tmp_path, capsys):
+    import yaml
+
+    source = imported["qwen2"]
+    settings = json.loads((source / "tokenizer_config.json").read_text(encoding="utf-8"))
+    settings["eos_token"] = "e"  # a token of the 300-token vocabulary other than <|endoftext|> (id 0)
+    run = tmp_path / "qwen2"
+    import shutil
+
+    shutil.copytree(source, run)
+    (run / "tokenizer_config.json").write_text(json.dumps(settings), encoding="utf-8")
+    tok = lmlab.load(run)[1]
+    assert tok.eot_id == tok.hf.token_to_id("e") != 0 and tok.settings["chat_template"] == CHAT
+
+    text, data, tuned = tmp_path / "text.txt", tmp_path / "data", tmp_path / "tuned"
+    text.write_text(TEXT, encoding="utf-8")
+    code, _, err = run_main(["prepare", text, "--tokenizer", run, "--out", data, "--quiet"], capsys)
+    assert code == 0, err
+    assert (data / "tokenizer_config.json").read_bytes() == (run / "tokenizer_config.json").read_bytes()
+    cfg = tmp_path / "ft.yaml"
+    cfg.write_text(yaml.safe_dump({"data": {"dir": str(data)}, "train": {
+        "max_iters": 2, "batch_size": 2, "eval_interval": 2, "eval_iters": 1, "tensorboard": False,
+        "device": "cpu"}}), encoding="utf-8")
+    code, _, err = run_main(["train", "--init", run, "--config", cfg, "--out", tuned, "--quiet",
+                             "--model.block_size", "32"], capsys)
+    assert code == 0, err
+    assert (tuned / "tokenizer_config.json").read_bytes() == (run / "tokenizer_config.json").read_bytes()
+    assert lmlab.load(tuned)[1].eot_id == tok.eot_id
+
+    (run / "tokenizer_config.json").write_text("{not json", encoding="utf-8")
+    assert_user_error(*run_main(["eval", run, "--data", text], capsys), "tokenizer_config.json is not valid JSON")

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from .errors import LmlabError
 from .files import CONVERT, atomic_write_json, not_text_error, read_json
-from .tokenizer import Tokenizer, check_tokenizer_args, load_tokenizer, train_tokenizer
+from .tokenizer import SETTINGS_FILE, Tokenizer, check_tokenizer_args, load_tokenizer, train_tokenizer
 
 if TYPE_CHECKING:
     import torch
@@ -278,7 +278,10 @@ def prepare(
 def _move_into_place(tmp: Path, out_dir: Path) -> None:
     """Rename the finished files over the old ones; meta.json goes last, so it only ever describes a full set."""
     (out_dir / "meta.json").unlink(missing_ok=True)
-    for name in ("train.bin", "val.bin", "tokenizer.json", "meta.json"):
+    for name in ("train.bin", "val.bin", "tokenizer.json", SETTINGS_FILE, "meta.json"):
+        if name == SETTINGS_FILE and not (tmp / name).is_file():
+            (out_dir / name).unlink(missing_ok=True)  # an older preparation's, from another tokenizer
+            continue
         os.replace(tmp / name, out_dir / name)
 
 

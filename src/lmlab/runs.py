@@ -14,18 +14,23 @@ from .checkpoint import (BEST, STATE, WEIGHTS, is_run_dir, load_model_config, lo
 from .config import Config, build_dataclass, load_config, read_yaml, save_config
 from .errors import LmlabError
 from .files import atomic_open, read_json
+from .tokenizer import SETTINGS_FILE
 
 
 def start_run_dir(run_dir: Path, cfg: Config, tokenizer_path: str | Path | None) -> None:
-    """config.yaml (the whole config), config.json (the model's) and a copy of the data's tokenizer.json."""
+    """config.yaml (the whole config), config.json (the model's) and a copy of the data's tokenizer.json (with
+    the tokenizer_config.json beside it, if any: a converted model's chat template and special tokens)."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         save_model_config(cfg.model, run_dir)
         tokenizer = run_dir / "tokenizer.json"
         if tokenizer_path is not None and Path(tokenizer_path).resolve() != tokenizer.resolve():
-            with atomic_open(tokenizer, "wb") as f:
-                f.write(Path(tokenizer_path).read_bytes())
+            for name in ("tokenizer.json", SETTINGS_FILE):
+                source = Path(tokenizer_path).with_name(name)
+                if source.is_file():
+                    with atomic_open(run_dir / name, "wb") as f:
+                        f.write(source.read_bytes())
     except OSError as e:
         raise LmlabError(f"cannot write in the run directory {run_dir} ({e.strerror}); make it "
                          "writable, free some disk space or choose another --out.") from None

@@ -7,7 +7,10 @@ and `save(path)`, and is stored as one `tokenizer.json`:
   (GPT-2's, for instance) loads here as a `BPETokenizer`;
 - wordpiece: a HF WordPiece tokenizer.json (BERT's), loaded as a `WordPieceTokenizer`.
 
-`path` arguments name either the JSON file (ending in ".json") or a directory holding tokenizer.json.
+`path` arguments name either the JSON file (ending in ".json") or a directory holding tokenizer.json. A
+Hugging Face model's tokenizer_config.json beside it (its chat template and special tokens) travels with the
+tokenizer: `load_tokenizer` reads it (its eos_token becomes `eot_id`, the id generation stops at) and `save` writes
+it back, so a run made by `lmlab convert` keeps it through `prepare --tokenizer RUN` and `train --init RUN`.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from .files import atomic_write_text
 
 EOT = "<|endoftext|>"
 FILENAME = "tokenizer.json"
+SETTINGS_FILE = "tokenizer_config.json"
 MIN_BPE_VOCAB = 257  # 256 byte symbols + <|endoftext|>
 
 
@@ -44,6 +48,15 @@ class Tokenizer:
     kind: str
     vocab_size: int
     eot_id: int | None = None
+    settings_text: str | None = None  # the tokenizer_config.json read beside tokenizer.json, kept verbatim
+
+    @property
+    def settings(self) -> dict:
+        """tokenizer_config.json's keys (chat_template, eos_token, ...); {} without one."""
+        return json.loads(self.settings_text) if self.settings_text is not None else {}
+
+    def use_settings(self, settings: dict) -> None:
+        """Take what tokenizer_config.json says about this tokenizer (BPE: the end-of-sequence token)."""
 
     def encode(self, text: str) -> list[int]:
         raise NotImplementedError
@@ -56,7 +69,10 @@ class Tokenizer:
         raise NotImplementedError
 
     def save(self, path) -> None:
-        atomic_write_text(_json_path(path), self.to_str())
+        file = _json_path(path)
+        atomic_write_text(file, self.to_str())
+        if self.settings_text is not None:
+            atomic_write_text(file.with_name(SETTINGS_FILE), self.settings_text)
 
     def encode_lines(self, lines: list[str]) -> list[list[int]]:
         """Ids of each line (no newline inside); BPE overrides it with the library's parallel batch encoder."""
@@ -174,6 +190,12 @@ class BPETokenizer(Tokenizer):
         # Largest id + 1, so embeddings cover added tokens even when the ids have holes.
         self.vocab_size = max(hf_tokenizer.get_vocab(with_added_tokens=True).values()) + 1
         self.eot_id = hf_tokenizer.token_to_id(EOT)
+
+    def use_settings(self, settings: dict) -> None:
+        eos = settings.get("eos_token")
+        eos = eos.get("content") if isinstance(eos, dict) else eos  # transformers also writes AddedToken objects
+        if isinstance(eos, str) and self.hf.token_to_id(eos) is not None:
+            self.eot_id = self.hf.token_to_id(eos)  # e.g. SmolLM2-Instruct's <|im_end|>, Llama 3's <|eot_id|>
 
     def encode(self, text: str) -> list[int]:
         # No BOS/CLS/SEP: ids are exactly the text (a literal "<|endoftext|>" becomes eot_id).
@@ -312,7 +334,24 @@ def load_tokenizer(path) -> Tokenizer:
         text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise LmlabError(f"{file} is not valid JSON ({e}); regenerate it with `lmlab prepare`.") from None
-    return tokenizer_from_str(text, file)
+    tokenizer = tokenizer_from_str(text, file)
+    settings = file.with_name(SETTINGS_FILE)
+    if settings.is_file():
+        _attach_settings(tokenizer, settings)
+    return tokenizer
+
+
+def _attach_settings(tokenizer: Tokenizer, path: Path) -> None:
+    """Keep the tokenizer_config.json at `path` with `tokenizer` and apply what it says."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        settings = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LmlabError(f"{path} is not valid JSON ({e}); fix it or remove it.") from None
+    if not isinstance(settings, dict):
+        raise LmlabError(f"{path} is not a JSON object; it is not a Hugging Face tokenizer config.")
+    tokenizer.settings_text = text
+    tokenizer.use_settings(settings)
 
 
 def tokenizer_from_str(text: str, source="the tokenizer") -> Tokenizer:
