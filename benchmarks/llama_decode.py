@@ -216,10 +216,13 @@ def logit_check(run: Path, gguf: Path, prompts: str) -> str:
     return "max |logit difference| on the 8 prompts: " + ", ".join(parts)
 
 
-def agreement(a: list, b: list) -> str:
-    """How many leading greedy tokens two sides share, row by row (min over rows)."""
+def agreement(a: list, b: list, steps: int = 64) -> str:
+    """How many rows' greedy tokens two sides share for the first `steps` tokens, and where they first part."""
     same = [next((i for i, (x, y) in enumerate(zip(r, s)) if x != y), len(r)) for r, s in zip(a, b)]
-    return "identical" if all(n == len(r) for n, r in zip(same, a)) else f"same for the first {min(same)}"
+    if all(n == len(r) for n, r in zip(same, a)):
+        return "identical"
+    agree = sum(n >= min(steps, len(r)) for n, r in zip(same, a))
+    return f"{agree}/{len(a)} rows identical for {steps}; first difference at token {min(same)}"
 
 
 def main():

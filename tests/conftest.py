@@ -141,3 +141,20 @@ def tiny_lstm_run(char_data, tmp_path_factory) -> dict:
     run = base / "run"
     summary = lmlab.train(lmlab.load_config(cfg_path), run, progress=False)
     return {"run": run, "config": cfg_path, "summary": summary, "data": char_data}
+
+
+# Tiny Llama (grouped-query attention: 4 query heads over 2 key/value heads) on the same data and trainer.
+TINY_LLAMA = {"family": "llama", "n_layer": 2, "n_head": 4, "n_kv_head": 2, "n_embd": 32, "block_size": 32,
+              "intermediate_size": 64, "dropout": 0.1}
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_run(char_data, tmp_path_factory) -> dict:
+    """A 2x32 Llama trained 60 steps on `char_data`; do not modify."""
+    import lmlab
+
+    base = tmp_path_factory.mktemp("tiny-llama")
+    cfg_path = write_config(base / "llama.yaml", char_data, model=TINY_LLAMA, train={"tensorboard": False})
+    run = base / "run"
+    summary = lmlab.train(lmlab.load_config(cfg_path), run, progress=False)
+    return {"run": run, "config": cfg_path, "summary": summary, "data": char_data}

@@ -39,8 +39,9 @@ def ngram():
 
 
 @pytest.fixture(scope="module")
-def models(tiny_model, tiny_lstm_run, ngram):
-    return {"tiny": tiny_model, "lstm": lmlab.load(tiny_lstm_run["run"]), "ngram": (ngram, ngram)}
+def models(tiny_model, tiny_lstm_run, tiny_llama_run, ngram):
+    return {"tiny": tiny_model, "lstm": lmlab.load(tiny_lstm_run["run"]), "llama": lmlab.load(tiny_llama_run["run"]),
+            "ngram": (ngram, ngram)}
 
 
 @pytest.fixture(scope="module")
@@ -99,11 +100,11 @@ def run_engine(model, tok, jobs, max_batch=8, join_every=0):
     return [["".join(p[i]) for i in sorted(p)] for p in texts], engine
 
 
-@pytest.mark.parametrize("family", ["gpt", "lstm", "ngram"])
+@pytest.mark.parametrize("family", ["gpt", "llama", "lstm", "ngram"])
 def test_continuous_batching_gives_each_request_what_it_gives_alone(family, models):
     """Requests of different prompts, lengths and settings join a running batch at different steps; each one's
     text is what complete() gives it alone (greedy and seeded sampling, stop strings, n > 1, past block_size)."""
-    model, tok = models[{"gpt": "tiny", "lstm": "lstm", "ngram": "ngram"}[family]]
+    model, tok = models[{"gpt": "tiny", "llama": "llama", "lstm": "lstm", "ngram": "ngram"}[family]]
     settings = [dict(temperature=0), dict(temperature=0.8, seed=5, num_return_sequences=2),
                 dict(temperature=1.0, top_p=0.9, seed=1, stop=["e "]), dict(temperature=0.7, top_k=10, seed=3,
                                                                             repetition_penalty=1.3)]
@@ -134,7 +135,7 @@ def test_openai_client_non_streaming_and_streaming(server, tiny_model):
     openai = pytest.importorskip("openai")
     url, _ = server
     client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
-    assert [m.id for m in client.models.list().data] == ["tiny", "lstm", "ngram"]
+    assert [m.id for m in client.models.list().data] == ["tiny", "lstm", "llama", "ngram"]
     model, tok = tiny_model
     want = complete(model, tok, "ROMEO:", GenerationConfig(max_new_tokens=24, temperature=0))[0]
 
