@@ -163,3 +163,32 @@ def test_fp16_decoding_reads_float16_weights_and_computes_what_torch_computes():
         torch.testing.assert_close(kernels.small_gemm(h, kernels.packed_weight(head), 70, None), head(h),
                                    rtol=0, atol=1e-5)
         assert kernels.packed_weight(head).dtype == (torch.float16 if half_ok else torch.float32)
+
+
+@needs_kernels
+def test_int8_decoding_reads_int8_weights_and_computes_what_torch_computes():
+    """Weight-only int8: the kernels read q and one scale per output channel, torch the same values q * scale."""
+    from lmlab.generate import decoding_model
+
+    torch.manual_seed(5)
+    model = perturbed_gpt()
+    rounded = decoding_model(model, "int8")
+    w = rounded.blocks[0].mlp.fc.weight
+    q, scale = kernels.int8_rows(w)
+    assert torch.equal(q.float() * scale[:, None], w) and q.abs().max() == 127  # already on the int8 grid
+    err = (w - model.blocks[0].mlp.fc.weight).abs()
+    assert 0 < err.max() <= scale.max() / 2 + 1e-7  # rounding to the nearest step, and only that
+    ids = torch.randint(0, 70, (3, 12))
+    with torch.inference_mode():
+        fast, slow = rounded.new_cache(3), rounded.new_cache(3)
+        rounded.hidden(ids[:, :11], fast)
+        rounded.hidden(ids[:, :11], slow)
+        got = rounded.hidden(ids[:, 11:], fast)
+        with kernels.disabled():
+            want = rounded.hidden(ids[:, 11:], slow)
+        torch.testing.assert_close(got, want, rtol=0, atol=2e-5)
+        assert fast.kernel_table[2][0].dtype == torch.int8
+        head, h = rounded.lm_head, torch.randn(5, 96)
+        assert kernels.packed_weight(head).dtype == torch.int8
+        torch.testing.assert_close(kernels.small_gemm(h, kernels.packed_weight(head), 70, None), head(h),
+                                   rtol=0, atol=1e-5)

@@ -72,11 +72,12 @@ def test_kernel_decoding_equals_the_torch_blocks(kv_heads, bias, monkeypatch):
 
 
 @needs_kernels
-def test_fp16_weights_through_the_kernel_compute_what_the_torch_blocks_compute():
+@pytest.mark.parametrize("dtype", ["fp16", "int8"])
+def test_rounded_weights_through_the_kernel_compute_what_the_torch_blocks_compute(dtype):
     from lmlab.generate import decoding_model
 
     model = decoding_model(perturbed(LlamaConfig(vocab_size=101, n_embd=64, n_layer=2, n_head=4, n_kv_head=2,
-                                                 block_size=64)), "fp16")
+                                                 block_size=64)), dtype)
     ids = torch.randint(0, 101, (2, 20))
     with torch.inference_mode():
         _, state = model.logprobs_next(ids[:, :19])
@@ -84,7 +85,8 @@ def test_fp16_weights_through_the_kernel_compute_what_the_torch_blocks_compute()
         with kernels.disabled():
             want, _ = model.logprobs_next(ids)
     torch.testing.assert_close(got, want, rtol=0, atol=2e-5)
-    assert state.kernel_table[2][0].dtype == (torch.float16 if kernels._load().lmlab_half_weights() else torch.float32)
+    packed = {"fp16": torch.float16 if kernels._load().lmlab_half_weights() else torch.float32, "int8": torch.int8}
+    assert state.kernel_table[2][0].dtype == packed[dtype]  # half / a quarter of the bytes
 
 
 def test_config_checks():

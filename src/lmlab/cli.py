@@ -71,8 +71,8 @@ RUN = {  # starting, continuing or fine-tuning a run from a config
     "init": opt("--init", metavar="RUN_DIR", help="fine-tune: a new run starting from this run's weights and "
                 "architecture (e.g. one made by lmlab convert); prepare its data with --tokenizer RUN_DIR")}
 DTYPE = opt("--dtype", choices=["fp32", "fp16", "bf16", "int8"], help="the weights' precision for decoding (fp16 "
-            "Linear weights read by the CPU kernels, bf16, or int8 dynamic quantization on CPU): faster, logits no "
-            "longer exact")
+            "or int8 Linear weights read by the CPU kernels, activations in fp32; or bf16 throughout): faster, "
+            "logits no longer exact")
 CONTEXT = opt("--context", type=int, metavar="N", help="windowed models (GPT, Llama) score with windows of at most "
               "N tokens (default: block_size; a model of a long context costs T^2 per window)")
 NPROC = opt("--nproc", type=int, metavar="N", help="train with N processes on this machine (torchrun --standalone; "

@@ -90,38 +90,35 @@ def decoding_model(model, dtype: str = "fp32"):
     still float32: on CPU the decoding kernels keep those weights as float16, half the bytes to read per token,
     which is what bounds batch-1 decoding (models/kernels.py); elsewhere the copy runs as fp32 does.
     "bf16": weights, activations and KV cache in bfloat16 (log-probabilities still come out in float32).
-    "int8": every nn.Linear, the LM head included, becomes a dynamically quantized one (int8 weights with one
-    scale per output channel, activations quantized on the fly; CPU only): a quarter of fp32's bytes to read
-    per token. All three change the numbers (benchmarks/generate_throughput.py reports the logit error against
+    "int8": every nn.Linear weight (LM head and embedding included) rounded to int8 values times one float32
+    scale per output channel (absmax / 127), the activations left in float32 ("weight-only", as llama.cpp's
+    Q8_0 but with one scale per row): on CPU the kernels read the int8 values, a quarter of fp32's bytes.
+    (torch's dynamic quantization, which also quantizes each activation tensor to 8 bits, is not used: Llama
+    activations have outlier channels that it destroys, logits off by 30 on SmolLM2.) All three change the
+    numbers (benchmarks/generate_throughput.py and llama_decode.py report the logit error against
     fp32). "fp32" returns the model unchanged. Models without weights (n-gram) are returned as they are.
     """
     import copy
-    import warnings
 
     if dtype not in DECODING_DTYPES:
         raise LmlabError(f"dtype must be one of {', '.join(DECODING_DTYPES)}, got {dtype!r}.")
     if dtype == "fp32" or not isinstance(model, torch.nn.Module):
         return model
-    if dtype == "fp16":
-        from .models.kernels import HALF_WEIGHTS
-
-        half = copy.deepcopy(model).eval()
-        with torch.no_grad():
-            for module in half.modules():
-                if type(module) is torch.nn.Linear:
-                    module.weight.copy_(module.weight.half())
-                    setattr(module, HALF_WEIGHTS, True)
-        return half
     if dtype == "bf16":
         return copy.deepcopy(model).to(torch.bfloat16).eval()
-    if model.device.type != "cpu":
-        raise LmlabError("int8 decoding runs on the CPU only; use --dtype bf16 on a GPU, or --device cpu.")
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    from .models import kernels
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
-        return quantize_dynamic(copy.deepcopy(model).eval(), {torch.nn.Linear: per_channel_dynamic_qconfig},
-                                dtype=torch.qint8)
+    rounded = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for module in rounded.modules():
+            if type(module) is torch.nn.Linear:
+                if dtype == "fp16":
+                    module.weight.copy_(module.weight.half())
+                else:
+                    q, scale = kernels.int8_rows(module.weight)
+                    module.weight.copy_(q * scale[:, None])
+                setattr(module, kernels.WEIGHT_FORMAT, dtype)
+    return rounded
 
 
 def crop_prompt(model, prompt_ids: list[int], warn: bool = True) -> list[int]:

@@ -16,7 +16,11 @@
 // Packed weight: W [N, K] padded with zero rows to a multiple of P, as panels [N_pad / P][K][P]: panel p holds
 // output columns p*P .. p*P+P-1, k-major, so a panel is read front to back (kernels.pack builds it). In float32,
 // or in float16 (half the bytes to read; widened to float32 in registers, all arithmetic in float32) for weights
-// that are float16 values already (lmlab.generate.decoding_model(model, "fp16")).
+// that are float16 values already (lmlab.generate.decoding_model(model, "fp16")), or in int8 (a quarter of the
+// bytes): each panel's [K][P] int8 values followed by its P columns' float32 scales (weight = q * scale, one
+// scale per output column, decoding_model(model, "int8")); the products are summed in float32 and scaled once
+// as the panel's results are stored. Only the weights are quantized, not the activations: LLM activations have
+// outlier channels that per-tensor activation quantization destroys (Dettmers et al. 2022, LLM.int8()).
 // Compiled on first use for the CPU at hand (-march=native), see kernels.py; AVX-512 or 32-byte vectors.
 #include <immintrin.h>
 
@@ -24,6 +28,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #if defined(__AVX512F__)
 constexpr int VW = 16;  // floats per vector register
@@ -34,7 +39,8 @@ constexpr int MR = 4;
 #endif
 constexpr int NB = 3;           // vectors per panel row
 constexpr int P = NB * VW;      // panel width (output columns)
-constexpr int PREFETCH_K = 32;  // prefetch this many panel rows ahead (6 KB with AVX-512)
+constexpr int PREFETCH_K = 32;  // prefetch this many panel rows ahead (6 KB with AVX-512 in float32), and
+// for int8 as far as for float16 (3 KB): 32 int8 rows (1.5 KB) left it at 22 GB/s of the 27 float16 gets
 
 typedef float vec __attribute__((vector_size(VW * 4), aligned(4)));
 
@@ -48,6 +54,24 @@ static inline vec load(const uint16_t* p) {  // VW float16 values, widened (F16C
 #else
   return vec{} * (float)p[0];  // never called: lmlab_half_weights() says 0, so nothing is packed in float16
 #endif
+}
+
+static inline vec load(const int8_t* p) {  // VW int8 values, widened (vpmovsxbd + vcvtdq2ps)
+#if defined(__AVX512F__)
+  return (vec)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)));
+#elif defined(__AVX2__)
+  return (vec)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)));
+#else
+  vec v;
+  for (int i = 0; i < VW; ++i) v[i] = p[i];
+  return v;
+#endif
+}
+
+// A packed panel's length in W elements: K rows of P weights, and for int8 the P float32 scales after them.
+template <typename W>
+static constexpr int64_t panel_length(int64_t K) {
+  return std::is_same<W, int8_t>::value ? K * P + P * (int64_t)sizeof(float) : K * P;
 }
 
 static inline vec broadcast(float a) {  // (an initialiser list compiles to one vbroadcastss; a loop does not)
@@ -114,7 +138,7 @@ static void panel_block(const float* x, int64_t K, const W* panel, const float* 
   for (int64_t k = 0; k < K; ++k) {
     const W* w = panel + k * P;
     for (int line = 0; line < P * (int)sizeof(W); line += 64)
-      __builtin_prefetch((const char*)(w + PREFETCH_K * P) + line, 0, 1);
+      __builtin_prefetch((const char*)w + PREFETCH_K * P * std::max<int>(sizeof(W), 2) + line, 0, 1);
     vec w0 = load(w), w1 = load(w + VW), w2 = load(w + 2 * VW);
     for (int r = 0; r < R; ++r) {
       vec xr = broadcast(x[r * K + k]);
@@ -127,6 +151,10 @@ static void panel_block(const float* x, int64_t K, const W* panel, const float* 
   alignas(64) float tmp[R * P];
   for (int r = 0; r < R; ++r) {
     for (int j = 0; j < NB; ++j) *(vec*)(out[r] + j * VW) = acc[r][j];
+    if constexpr (std::is_same<W, int8_t>::value) {
+      const float* scale = (const float*)(panel + K * P);
+      for (int c = 0; c < P; ++c) out[r][c] *= scale[c];
+    }
     if (bias)
       for (int c = 0; c < P; ++c) out[r][c] += c < cols ? bias[c] : 0.0f;
   }
@@ -150,7 +178,7 @@ static void gemm_for(const float* x, int64_t M, int64_t K, const W* packed, int6
   const int64_t panels = (N + P - 1) / P;
 #pragma omp for schedule(static)
   for (int64_t p = 0; p < panels; ++p) {
-    const W* panel = packed + p * K * P;
+    const W* panel = packed + p * panel_length<W>(K);
     const int cols = (int)std::min<int64_t>(P, N - p * P);
     for (int64_t r0 = 0; r0 < M; r0 += MR)  // a panel's later row blocks read it from cache
       rows_block<MR, W>(x + r0 * K, K, panel, bias ? bias + p * P : nullptr, y + r0 * N + p * P, N, cols,
@@ -398,12 +426,17 @@ int lmlab_half_weights(void) {
 #endif
 }
 
-// x [M, K] and the packed weight (float32, or float16 where half) contiguous; y [M, N] written; bias [N] or null.
-void lmlab_small_gemm(const float* x, int64_t M, int64_t K, const void* packed, int half, int64_t N,
+// The packed weights' format, as kernels.py passes it.
+enum Format { FP32 = 0, FP16 = 1, INT8 = 2 };
+
+// x [M, K] and the packed weight (in `format`) contiguous; y [M, N] written; bias [N] or null.
+void lmlab_small_gemm(const float* x, int64_t M, int64_t K, const void* packed, int format, int64_t N,
                       const float* bias, float* y, int threads) {
 #pragma omp parallel num_threads(threads)
-  if (half)
+  if (format == FP16)
     gemm_for(x, M, K, (const uint16_t*)packed, N, bias, y, STORE);
+  else if (format == INT8)
+    gemm_for(x, M, K, (const int8_t*)packed, N, bias, y, STORE);
   else
     gemm_for(x, M, K, (const float*)packed, N, bias, y, STORE);
 }
@@ -412,14 +445,14 @@ void lmlab_small_gemm(const float* x, int64_t M, int64_t K, const void* packed, 
 // block's output out. keys/values: the KV cache [n_layer, B, H, max_len, C / H] holding `length` positions,
 // each row's [H, max_len, C / H] contiguous, layers and rows `layer_stride` and `row_stride` floats apart;
 // pad [B] or null: row b's first real position (left padding). scratch: B * (5C + hidden + H * max_len) floats.
-// half: the blocks' Linear weights are packed in float16.
+// format: how the blocks' Linear weights are packed.
 void lmlab_gpt_blocks(const BlockWeights* blocks, int64_t n_layer, int64_t B, int64_t C, int64_t H,
                       int64_t hidden, float eps, int gelu, float* x, float* keys, float* values, int64_t max_len,
                       int64_t layer_stride, int64_t row_stride, int64_t length, const int64_t* pad, float* scratch,
-                      int half, int threads) {
-  (half ? run_blocks<uint16_t> : run_blocks<float>)(blocks, n_layer, B, C, H, hidden, eps, gelu, x, keys, values,
-                                                    max_len, layer_stride, row_stride, length, pad, scratch,
-                                                    threads);
+                      int format, int threads) {
+  (format == FP16 ? run_blocks<uint16_t> : format == INT8 ? run_blocks<int8_t> : run_blocks<float>)(
+      blocks, n_layer, B, C, H, hidden, eps, gelu, x, keys, values, max_len, layer_stride, row_stride, length, pad,
+      scratch, threads);
 }
 
 // One decoding step of B rows through n_layer Llama blocks, as lmlab_gpt_blocks for a GPT. x [B, C] in and out;
@@ -428,11 +461,11 @@ void lmlab_gpt_blocks(const BlockWeights* blocks, int64_t n_layer, int64_t B, in
 void lmlab_llama_blocks(const LlamaWeights* blocks, int64_t n_layer, int64_t B, int64_t C, int64_t H, int64_t Hkv,
                         int64_t d, int64_t I, float eps, float* x, float* keys, float* values, int64_t max_len,
                         int64_t layer_stride, int64_t row_stride, int64_t length, const int64_t* pad,
-                        const float* cos, const float* sin, const int64_t* pos, float* scratch, int half,
+                        const float* cos, const float* sin, const int64_t* pos, float* scratch, int format,
                         int threads) {
-  (half ? run_llama_blocks<uint16_t> : run_llama_blocks<float>)(blocks, n_layer, B, C, H, Hkv, d, I, eps, x, keys,
-                                                                values, max_len, layer_stride, row_stride, length,
-                                                                pad, cos, sin, pos, scratch, threads);
+  (format == FP16 ? run_llama_blocks<uint16_t> : format == INT8 ? run_llama_blocks<int8_t> : run_llama_blocks<float>)(
+      blocks, n_layer, B, C, H, Hkv, d, I, eps, x, keys, values, max_len, layer_stride, row_stride, length, pad, cos,
+      sin, pos, scratch, threads);
 }
 
 }  // extern "C"
