@@ -13,6 +13,11 @@ and 8, and prefills a 512-token prompt:
 - llama.cpp: `llama-cpp-python` (it compiles llama.cpp when installed; give the Python of an environment that has
   it with --llama-cpp, never this project's venv) on the Q4_1 file as shipped and on Q8_0 and F16 files it
   writes with its own quantizer; batch 1 (its Python API decodes one sequence), prefill with n_batch 512.
+  Build it (about 5.5 minutes) with the CPU features named, not GGML_NATIVE: on a VM that advertises AMX the
+  native build's AMX path segfaults on prompts of more than a few tokens:
+      python -m venv /tmp/llamacpp && CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
+      -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON"
+      /tmp/llamacpp/bin/pip install llama-cpp-python==0.3.36
 Every side runs in a worker process of its own, the sides take turns round by round, medians are printed. Before
 the tables: the bandwidth a matrix-vector product reads at, and the time a batch-1 step needs at least to read the
 weights at that rate, per weight format.
