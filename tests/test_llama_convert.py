@@ -284,3 +284,22 @@ def test_the_chat_template_and_eos_survive_prepare_and_train_init(imported, tmp_
 
     (run / "tokenizer_config.json").write_text("{not json", encoding="utf-8")
     assert_user_error(*run_main(["eval", run, "--data", text], capsys), "tokenizer_config.json is not valid JSON")
+
+
+def test_convert_with_a_chat_template_of_ones_own(hf_dirs, tmp_path, capsys):
+    from lmlab.chat import load_template
+    from lmlab.tokenizer import load_tokenizer
+
+    template = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}"
+    (tmp_path / "t.jinja").write_text(template, encoding="utf-8")
+    run = tmp_path / "run"
+    code, _, err = run_main(["convert", "--from", "hf-llama", hf_dirs["llama"][0], "--out", run,
+                             "--chat-template", tmp_path / "t.jinja"], capsys)
+    assert code == 0, err
+    tok = load_tokenizer(run)
+    assert load_template(tok).render([{"role": "user", "content": "hi"}]) == "[user] hi\n[assistant] "
+    assert tok.settings["eos_token"]  # the other keys of tokenizer_config.json are kept
+    (tmp_path / "bad.jinja").write_text("{% for %}", encoding="utf-8")
+    code, _, err = run_main(["convert", "--from", "hf-llama", hf_dirs["llama"][0], "--out", tmp_path / "run2",
+                             "--chat-template", tmp_path / "bad.jinja"], capsys)
+    assert code == 2 and "is not valid Jinja" in err and not (tmp_path / "run2").exists()

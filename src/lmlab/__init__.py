@@ -25,6 +25,7 @@ _EXPORTS = {
     "Trainer": "train", "train": "train",
     "Encoder": "models.encoder", "EncoderConfig": "models.encoder", "train_classifier": "tasks.classify",
     "evaluate_classifier": "tasks.classify", "load_classifier": "tasks.classify", "read_labeled": "tasks.labeled",
+    "chat_prompt": "chat",
 }
 __version__ = "0.1.0"
 __all__ = sorted(_EXPORTS)

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .decoding import Batch, Completion, Row, StopText
+from .decoding import Batch, Completion, Row, StopText, end_ids
 from .errors import LmlabError
 from .sampling import Sampling
 
@@ -22,7 +22,7 @@ def beam_search(model, tokenizer, prompt_ids: list[int], cfg) -> list[Completion
 
     if not prompt_ids:
         raise LmlabError("the prompt is empty after tokenization; give a non-empty --prompt.")
-    k, eot = cfg.num_beams, tokenizer.eot_id
+    k, ends = cfg.num_beams, end_ids(tokenizer, cfg)
     sampling = Sampling.from_config(cfg, encode_bad_words(tokenizer, cfg))
     steps = cfg.new_tokens(len(prompt_ids))
     beams = [Row(prompt_ids, sampling, None, steps)]
@@ -43,7 +43,7 @@ def beam_search(model, tokenizer, prompt_ids: list[int], cfg) -> list[Completion
             if total == -math.inf:
                 break
             lps = beams[row].logprobs + [float(logprobs[row, token])]
-            if token == eot:
+            if token in ends:
                 finished.append((norm(total, step + 1), list(beams[row].tokens), lps[:-1], "stop"))
             else:
                 parents.append(row)

@@ -73,6 +73,10 @@ RUN = {  # starting, continuing or fine-tuning a run from a config
 DTYPE = opt("--dtype", choices=["fp32", "fp16", "bf16", "int8"], help="the weights' precision for decoding (fp16 "
             "or int8 Linear weights read by the CPU kernels, activations in fp32; or bf16 throughout): faster, "
             "logits no longer exact")
+CHAT_TEMPLATE = opt("--chat-template", metavar="FILE.jinja", help="a Jinja chat template to use instead of the "
+                    "model's own (as in Hugging Face's tokenizer_config.json)")
+TRUNCATE_HISTORY = opt("--truncate-history", action="store_true", help="a conversation longer than the context loses "
+                       "its oldest turns (default: refused)")
 CONTEXT = opt("--context", type=int, metavar="N", help="windowed models (GPT, Llama) score with windows of at most "
               "N tokens (default: block_size; a model of a long context costs T^2 per window)")
 NPROC = opt("--nproc", type=int, metavar="N", help="train with N processes on this machine (torchrun --standalone; "
@@ -124,6 +128,16 @@ VERBS = {
         "logprobs": opt("--logprobs", action="store_true", help="after each sequence, its tokens and log-probabilities"),
         "dtype": DTYPE,
     }, (GENERATION, DEVICE)),
+    "chat": Verb("talk to a model through its chat template: interactive on a terminal, or answer stdin once",
+                 "chat:chat_command", {
+        "run": opt("run", help="run directory of a model with a chat template (e.g. one lmlab convert made)"),
+        "system": opt("--system", metavar="TEXT", help="the system message"),
+        "messages": opt("--messages", metavar="FILE", help="continue a saved conversation (JSON messages)"),
+        "chat_template": CHAT_TEMPLATE, "truncate_history": TRUNCATE_HISTORY,
+        "save": opt("--save", metavar="FILE", help="write the conversation (JSON messages) here at the end"),
+        "dtype": DTYPE,
+    }, (GENERATION.pick("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
+                        "no_repeat_ngram_size", "bad_words", "stop", "num_beams", "length_penalty", "seed"), DEVICE)),
     "compare": Verb("several models (any family, any tokenizer) on one text, in bits per byte", "compare:compare_command", {
         "models": opt("models", nargs="+", metavar="RUN_OR_ARPA", help="run directories and/or n-gram model files"),
         "data": opt("--data", required=True, help="the text file every model is scored on"),
@@ -160,7 +174,8 @@ VERBS = {
         "from_format": opt("--from", metavar="FORMAT", help="import: hf-gpt2, hf-bert, hf-llama or gguf"),
         "to": opt("--to", nargs="+", metavar=("FORMAT", "DIR"), help="export: hf-gpt2 or hf-llama and the output "
                   "directory"),
-        "out": opt("--out", help="output directory (a run for --from; the HF directory for --to)")}),
+        "out": opt("--out", help="output directory (a run for --from; the HF directory for --to)"),
+        "chat_template": CHAT_TEMPLATE}),
     "classify": {
         "train": Verb("train a classifier into a run directory", "tasks.classify:train_command", {
             "train": opt("--train", help="training data: TSV/CSV file or one-file-per-label directory"),
@@ -245,6 +260,9 @@ VERBS = {
         "timeout": opt("--timeout", type=float, help="seconds a request may take, queueing included (120)"),
         "max_queue": opt("--max-queue", type=int, help="requests waiting for room before new ones get 503 (256)"),
         "log_level": opt("--log-level", choices=["critical", "error", "warning", "info", "debug"]),
+        "chat_template": opt("--chat-template", action="append", metavar="[NAME=]FILE.jinja", help="a Jinja chat "
+                             "template for every model, or for model NAME, instead of its own (repeatable)"),
+        "truncate_history": TRUNCATE_HISTORY,
         "dtype": DTYPE}, (DEVICE,)),
     "demo": Verb("prepare Tiny Shakespeare, train a small GPT (~2-3 min), evaluate, sample", "demo:run_demo", {
         "out": opt("--out", help="where the demo writes its data and run (default runs/demo)"),

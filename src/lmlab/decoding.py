@@ -87,14 +87,21 @@ class Completion:
 
 # --------------------------------------------------------------------------- one sequence
 
+def end_ids(tokenizer, cfg) -> frozenset:
+    """The ids that end a row without becoming one of its tokens: the tokenizer's end-of-text and the config's
+    stop_token_ids (a chat template's turn-end tokens)."""
+    return frozenset(i for i in (tokenizer.eot_id, *cfg.stop_token_ids) if i is not None)
+
+
 class Row:
     """One sequence being decoded. `text` (a StopText) may be None when only token ids matter (no stop strings
-    then); `eot` (the end-of-text id, or None) ends the row without becoming one of its tokens."""
+    then); `eot` (an end-of-text id, a set of them, or None) ends the row without becoming one of its tokens."""
 
     def __init__(self, prompt: list[int], sampling: Sampling, generator: torch.Generator | None, limit: int,
-                 text: StopText | None = None, eot: int | None = None):
+                 text: StopText | None = None, eot=None):
         self.history = list(prompt)
-        self.sampling, self.generator, self.limit, self.text, self.eot = sampling, generator, limit, text, eot
+        self.sampling, self.generator, self.limit, self.text = sampling, generator, limit, text
+        self.ends = frozenset(() if eot is None else (eot,) if isinstance(eot, int) else eot)
         self.tokens: list[int] = []
         self.logprobs: list[float] = []
         self.finish: str | None = None if limit > 0 else "length"
@@ -103,7 +110,7 @@ class Row:
     def accept(self, token: int, logprob: float) -> str:
         """Take the chosen token; return the text it made certain. Sets `finish` ("stop" or "length") when the
         row ends: at end-of-text (not a token of the row), at a stop string, or at `limit` tokens."""
-        if token == self.eot:
+        if token in self.ends:
             self.finish = "stop"
             return self.text.flush() if self.text else ""
         self.history.append(token)

@@ -15,7 +15,7 @@ from typing import Iterator
 import torch
 
 from .beam import beam_search  # noqa: F401  (the generation API in one place)
-from .decoding import Batch, Completion, Row, StopText, advance, choose, decode  # noqa: F401
+from .decoding import Batch, Completion, Row, StopText, advance, choose, decode, end_ids  # noqa: F401
 from .errors import LmlabError
 from .sampling import (Sampling, apply_min_p, apply_repetition_penalty, apply_temperature, apply_top_k,  # noqa: F401
                        apply_top_p, banned_bad_words, banned_continuations, choose_next, draw, make_generators,
@@ -35,6 +35,7 @@ class GenerationConfig:
     no_repeat_ngram_size: int = 0  # never repeat an n-gram of this size
     bad_words: list[str] = field(default_factory=list)  # texts whose token sequences are never produced
     stop: list[str] = field(default_factory=list)  # end a sequence where one of these strings begins
+    stop_token_ids: list[int] = field(default_factory=list)  # and at these tokens (a chat template's turn end)
     num_beams: int = 1  # > 1: beam search (deterministic; sampling settings are ignored)
     length_penalty: float = 1.0  # beam scores are sum log p / length ** length_penalty
     early_stopping: bool = False  # beam search ends once num_beams hypotheses are finished
@@ -155,7 +156,7 @@ def make_rows(tokenizer, prompts: list[list[int]], cfg: GenerationConfig, first_
     for prompt in prompts:
         for g in make_generators(cfg, first_sequence + n)[first_sequence:]:
             rows.append(Row(prompt, sampling, g, cfg.new_tokens(len(prompt)),
-                            StopText(tokenizer, cfg.stop, prompt[-1:]), tokenizer.eot_id))
+                            StopText(tokenizer, cfg.stop, prompt[-1:]), end_ids(tokenizer, cfg)))
     return rows
 
 

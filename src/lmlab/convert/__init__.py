@@ -13,6 +13,8 @@ tokenizer files, tokenizer_config.json, the atomic output directory).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..errors import LmlabError
 from .hf_bert import bert_to_lmlab, import_hf_bert, load_hf_bert  # noqa: F401 (the interop API in one place)
 from .hf_gpt2 import export_hf_gpt2, gpt2_to_lmlab, import_hf_gpt2, lmlab_to_gpt2  # noqa: F401
@@ -83,8 +85,10 @@ FORMATS = {"hf-gpt2": (_gpt2_imported, _gpt2_exported), "hf-bert": (_bert_import
            "hf-llama": (_llama_imported, _llama_exported), "gguf": (_gguf_imported, None)}
 
 
-def convert_command(source, from_format: str | None = None, to: list[str] | None = None, out=None) -> None:
-    """`lmlab convert --from FORMAT SRC --out RUN` or `lmlab convert RUN --to FORMAT [DIR]` (or --out DIR)."""
+def convert_command(source, from_format: str | None = None, to: list[str] | None = None, out=None,
+                    chat_template: str | None = None) -> None:
+    """`lmlab convert --from FORMAT SRC --out RUN` or `lmlab convert RUN --to FORMAT [DIR]` (or --out DIR);
+    `chat_template`: a Jinja file that becomes the output's chat template (its tokenizer_config.json)."""
     if bool(from_format) == bool(to):
         raise LmlabError("lmlab convert needs either --from hf-gpt2 HF_DIR --out RUN or RUN --to hf-gpt2 HF_DIR.")
     fmt = from_format or to[0]
@@ -99,4 +103,24 @@ def convert_command(source, from_format: str | None = None, to: list[str] | None
     out = to[1] if to and len(to) == 2 else out
     if not out:
         raise LmlabError("lmlab convert needs an output directory: --out DIR (or --to hf-gpt2 DIR).")
+    template = None
+    if chat_template:  # checked before anything is converted
+        from ..chat import ChatTemplate, read_template_file
+
+        template = read_template_file(chat_template)
+        ChatTemplate(template, {}, [], chat_template)
     print(reader(source, out) if from_format else writer(source, out))
+    if template is not None:
+        set_chat_template(Path(out), template)
+
+
+def set_chat_template(directory: Path, template: str) -> None:
+    """Write `template` into directory/tokenizer_config.json (kept: every other key)."""
+    import json
+
+    from ..files import atomic_write_text, read_json
+
+    path = directory / "tokenizer_config.json"
+    settings = read_json(path) if path.is_file() else {}
+    settings["chat_template"] = template
+    atomic_write_text(path, json.dumps(settings, ensure_ascii=False, indent=2) + "\n")

@@ -65,8 +65,19 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def chat_templates_for(specs: list[str] | None, names: list[str]) -> dict[str, str]:
+    """--chat-template values ([NAME=]FILE; a bare FILE is every model's) as {model name: file}."""
+    out: dict[str, str] = {}
+    for spec in specs or []:
+        name, _, path = spec.rpartition("=") if "=" in spec and not Path(spec).exists() else ("", "", spec)
+        for model in ([name] if name else names):
+            out[model] = path
+    return out
+
+
 def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          device: str = "cpu", log_level: str = "info", dtype: str = "fp32", **limits) -> None:
+          device: str = "cpu", log_level: str = "info", dtype: str = "fp32", chat_template: list[str] | None = None,
+          truncate_history: bool = False, **limits) -> None:
     """Load the models and serve them with uvicorn until interrupted."""
     import uvicorn
 
@@ -80,8 +91,9 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000, api_key: 
 
     check_limits(**limits)
     check_port(host, port)
-    app = create_app(load_models(specs, device=str(resolve_device(device)), dtype=dtype), Limits(**limits),
-                     api_key=api_key)
+    models = load_models(specs, device=str(resolve_device(device)), dtype=dtype)
+    app = create_app(models, Limits(**limits), api_key=api_key,
+                     chat_templates=chat_templates_for(chat_template, list(models)), truncate_history=truncate_history)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
 
 

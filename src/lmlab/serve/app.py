@@ -21,7 +21,7 @@ from .schemas import ApiError, error_response, validation_message
 
 log = logging.getLogger("lmlab.serve")
 STATIC = Path(__file__).with_name("static")
-ROUTES = {"/v1/completions", "/v1/score", "/v1/models", "/health", "/metrics", "/"}  # counted by name in /metrics
+ROUTES = {"/v1/completions", "/v1/chat/completions", "/v1/score", "/v1/models", "/health", "/metrics", "/"}  # counted by name in /metrics
 
 
 @dataclass
@@ -34,13 +34,32 @@ class Limits:
 
 
 class ServedModel:
-    def __init__(self, name: str, model, tokenizer, limits: Limits):
+    """One served model: its engine and, where it has one, its chat template (`chat`; else `chat_problem` says
+    why chat requests are refused). A template given at start (`chat_template`, a file) that fails to load stops
+    the server from starting; the run's own one that does not load only refuses chat."""
+
+    def __init__(self, name: str, model, tokenizer, limits: Limits, chat_template: str | Path | None = None):
+        from ..chat import load_template
+
         self.name, self.model, self.tokenizer = name, model, tokenizer
         self.family = model.family
         self.context = model.block_size
         self.vocab_size = tokenizer.vocab_size
         self.created = int(time.time())
+        self.chat, self.chat_problem = None, None
+        try:
+            self.chat = load_template(tokenizer, f"model '{name}'", chat_template)
+        except LmlabError as e:
+            if chat_template is not None:
+                raise
+            self.chat_problem = str(e).replace("give one with --chat-template FILE.jinja",
+                                               "start the server with --chat-template FILE.jinja")
         self.engine = Engine(model, tokenizer, max_batch=limits.max_batch, max_queue=limits.max_queue)
+
+    def chat_fit(self, messages: list, budget: int, truncate: bool):
+        from ..chat import fit_history
+
+        return fit_history(self.chat, self.tokenizer, messages, budget, truncate)
 
 
 class Metrics:
@@ -71,13 +90,21 @@ class Metrics:
                 gauge.labels(name).set_function(lambda e=s.engine, a=attribute: getattr(e, a))
 
 
-def create_app(models: dict[str, tuple], limits: Limits | None = None, api_key: str | None = None) -> FastAPI:
+def create_app(models: dict[str, tuple], limits: Limits | None = None, api_key: str | None = None,
+               chat_templates: dict[str, str | Path] | None = None, truncate_history: bool = False) -> FastAPI:
     """An app serving `models` ({name: (model, tokenizer)}); with api_key, /v1 and /metrics need
-    `Authorization: Bearer <api_key>`."""
+    `Authorization: Bearer <api_key>`. chat_templates: {name: Jinja file} replacing those models' own templates;
+    truncate_history: a chat longer than the context loses its oldest turns instead of being refused."""
+    from .chat import router as chat_router
     from .routes import router
 
     limits = limits or Limits()
-    served = {name: ServedModel(name, m, t, limits) for name, (m, t) in models.items()}
+    chat_templates = chat_templates or {}
+    unknown = set(chat_templates) - set(models)
+    if unknown:
+        raise LmlabError(f"--chat-template names {sorted(unknown)[0]!r}, which is not a served model; use one of "
+                         f"{', '.join(repr(n) for n in models)}.")
+    served = {name: ServedModel(name, m, t, limits, chat_templates.get(name)) for name, (m, t) in models.items()}
 
     async def lifespan(app):
         for s in served.values():
@@ -90,12 +117,14 @@ def create_app(models: dict[str, tuple], limits: Limits | None = None, api_key: 
     app = FastAPI(title="lmlab", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="OpenAI-compatible completions over lmlab models, with continuous batching.")
     app.state.served, app.state.limits, app.state.api_key, app.state.static = served, limits, api_key, STATIC
+    app.state.truncate_history = truncate_history
     app.state.metrics = metrics = Metrics(served)
     for kind, handler in ERROR_HANDLERS.items():
         app.add_exception_handler(kind, handler)
     app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
     app.add_middleware(RequestMetrics, counter=metrics.requests, latency=metrics.latency, routes=ROUTES)
     app.include_router(router)
+    app.include_router(chat_router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 

@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from ..decoding import Batch, Row, StopText, advance
+from ..decoding import Batch, Row, StopText, advance, end_ids
 from ..generate import GenerationConfig, crop_prompt
 from ..sampling import Sampling, make_generators
 
@@ -66,7 +66,7 @@ class Sequence(Row):
 
     def __init__(self, request: Request, index: int, prompt: list[int], generator: torch.Generator, tokenizer):
         super().__init__(prompt, request.sampling, generator, request.cfg.new_tokens(len(prompt)),
-                         StopText(tokenizer, request.cfg.stop, prompt[-1:]), tokenizer.eot_id)
+                         StopText(tokenizer, request.cfg.stop, prompt[-1:]), end_ids(tokenizer, request.cfg))
         self.request, self.index = request, index
 
 
@@ -221,7 +221,7 @@ class Engine:
         for i, (s, token, lp) in enumerate(zip(seqs, step.tokens.tolist(), step.logprobs.tolist())):
             requests[id(s.request)] = s.request
             k = s.request.top_logprobs
-            if token == s.eot:  # ended without a token
+            if token in s.ends:  # ended without a token
                 events[id(s.request)].append(Event(s.index, None, None, step.texts[i], None, s.finish))
             else:
                 self.tokens += 1

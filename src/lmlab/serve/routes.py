@@ -1,5 +1,6 @@
 """The endpoints, as module-level functions on one APIRouter: OpenAI-compatible /v1/completions (SSE streaming)
-and /v1/models, our /v1/score, /health, /metrics (Prometheus text) and the playground page at /.
+and /v1/models (saying which models can chat; serve/chat.py has /v1/chat/completions), our /v1/score, /health,
+/metrics (Prometheus text) and the playground page at /.
 
 A handler finds what it serves on `request.app.state` (set by create_app: `served` models, `limits`, `api_key`,
 `metrics`). `Generation` is one request's run through its model's engine as the handler sees it (submission,
@@ -75,7 +76,7 @@ async def metrics(request: Request):
 
 def model_card(s) -> dict:
     return {"id": s.name, "object": "model", "created": s.created, "owned_by": "lmlab", "family": s.family,
-            "context_length": s.context, "vocab_size": s.vocab_size}
+            "context_length": s.context, "vocab_size": s.vocab_size, "chat": s.chat is not None}
 
 
 @v1.get("/v1/models")
@@ -238,17 +239,11 @@ async def stream_completion(run: CompletionRun, gen: Generation):
                 offsets[i] = len(run.texts[row])
             yield sse_data({**run.base, "choices": choices})
         async for evs in gen.events():
-            by_index: dict[int, list[Event]] = {}
-            for e in evs:
-                by_index.setdefault(e.index, []).append(e)
             choices = []
-            for i, group in by_index.items():
-                text = "".join(e.text for e in group)
-                entries = [(e.token, e.logprob, e.top) for e in group if e.token is not None]
+            for i, (text, entries, finish) in by_choice(evs).items():
                 generated += len(entries)
                 lp = run.block(entries, offsets[i]) if run.want_logprobs else None
                 offsets[i] += len(text)
-                finish = next((e.finish for e in group if e.finish), None)
                 choices.append({"text": text, "index": i, "logprobs": lp, "finish_reason": finish})
             yield sse_data({**run.base, "choices": choices})
         gen.metrics.generated.labels(run.s.name).inc(generated)
@@ -263,29 +258,41 @@ async def stream_completion(run: CompletionRun, gen: Generation):
     yield "data: [DONE]\n\n"
 
 
-async def collect_completion(run: CompletionRun, gen: Generation) -> dict:
-    """A non-streamed completion: every choice's whole text, log-probabilities and finish reason."""
-    pieces: list[list[str]] = [[] for _ in range(run.rows)]
-    entries: list[list] = [[] for _ in range(run.rows)]
-    finish: list[str | None] = [None] * run.rows
+def by_choice(evs: list[Event]) -> dict[int, tuple[str, list, str | None]]:
+    """A batch of events per choice: its new text, its (token, logprob, alternatives) entries, its finish reason."""
+    groups: dict[int, list[Event]] = {}
+    for e in evs:
+        groups.setdefault(e.index, []).append(e)
+    return {i: ("".join(e.text for e in group), [(e.token, e.logprob, e.top) for e in group if e.token is not None],
+                next((e.finish for e in group if e.finish), None)) for i, group in groups.items()}
+
+
+async def collect(gen: Generation, rows: int) -> tuple[list[str], list[list], list[str], int]:
+    """A request run to its end: each choice's text, entries and finish reason ("length" when it was cut), and
+    the tokens generated (counted in /metrics)."""
+    texts, entries, finish = [""] * rows, [[] for _ in range(rows)], ["length"] * rows
     try:
         async for evs in gen.events():
-            for e in evs:
-                pieces[e.index].append(e.text)
-                if e.token is not None:
-                    entries[e.index].append((e.token, e.logprob, e.top))
-                if e.finish:
-                    finish[e.index] = e.finish
+            for i, (text, new, reason) in by_choice(evs).items():
+                texts[i] += text
+                entries[i] += new
+                finish[i] = reason or finish[i]
     finally:
         gen.cancel()
     generated = sum(len(x) for x in entries)
-    gen.metrics.generated.labels(run.s.name).inc(generated)
+    gen.metrics.generated.labels(gen.s.name).inc(generated)
+    return texts, entries, finish, generated
+
+
+async def collect_completion(run: CompletionRun, gen: Generation) -> dict:
+    """A non-streamed completion: every choice's whole text, log-probabilities and finish reason."""
+    texts, entries, finish, generated = await collect(gen, run.rows)
     choices = []
     for i in range(run.rows):
         row = i // run.n
         lp = run.block(run.echo_entries(row) + entries[i], 0) if run.want_logprobs else None
-        choices.append({"text": (run.texts[row] if run.body.echo else "") + "".join(pieces[i]), "index": i,
-                        "logprobs": lp, "finish_reason": finish[i] or "length"})
+        choices.append({"text": (run.texts[row] if run.body.echo else "") + texts[i], "index": i,
+                        "logprobs": lp, "finish_reason": finish[i]})
     return {**run.base, "choices": choices, "usage": usage(run.prompt_tokens, generated)}
 
 

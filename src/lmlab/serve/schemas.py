@@ -8,7 +8,7 @@ Every error is OpenAI's JSON shape, {"error": {"message", "type", "param", "code
 from __future__ import annotations
 
 import math
-from typing import Union
+from typing import Any, Union
 
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -99,6 +99,36 @@ class CompletionRequest(BaseModel):
     repetition_penalty: float | None = None
 
 
+class ChatCompletionRequest(BaseModel):
+    """OpenAI's chat completions request (text content); top_k, min_p and repetition_penalty are extras, as in
+    completions. `messages` are checked by lmlab.chat (one sentence naming the message at fault)."""
+    model_config = ConfigDict(extra="forbid", strict=True)
+    model: str
+    messages: list[Any]
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = 1.0
+    top_p: float | None = 1.0
+    n: int | None = 1
+    stop: Union[str, list[str], None] = None
+    seed: int | None = None
+    logprobs: bool | None = False
+    top_logprobs: int | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    frequency_penalty: float | None = 0.0
+    presence_penalty: float | None = 0.0
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    response_format: dict[str, Any] | None = None
+    use_beam_search: bool | None = None  # vLLM's extra: not served here (400), see lmlab chat --num-beams
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+
+
 class ScoreRequest(BaseModel):
     """Our addition: the log-probability of a text under a model."""
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -140,10 +170,11 @@ def parse_prompt(s, body: CompletionRequest) -> tuple[list[str], list[list[int]]
     return texts, ids
 
 
-def completion_config(body: CompletionRequest, prompts: int, limits) -> GenerationConfig:
-    """The GenerationConfig of a completion request for `prompts` prompts, every field checked against OpenAI's
-    rules and this server's limits."""
-    max_tokens = 16 if body.max_tokens is None else body.max_tokens
+def completion_config(body, prompts: int, limits, max_tokens: int | None = None) -> GenerationConfig:
+    """The GenerationConfig of a completion or chat request for `prompts` prompts, every field checked against
+    OpenAI's rules and this server's limits (`max_tokens`: the request's, where it is not body.max_tokens)."""
+    if max_tokens is None:
+        max_tokens = 16 if body.max_tokens is None else body.max_tokens
     if max_tokens < 0:
         raise ApiError(400, f"'max_tokens' must be >= 0, got {max_tokens}.", param="max_tokens")
     if max_tokens > limits.max_tokens:
@@ -155,14 +186,15 @@ def completion_config(body: CompletionRequest, prompts: int, limits) -> Generati
     if prompts * n > limits.max_batch:
         raise ApiError(400, f"{prompts} prompt(s) x n={n} is {prompts * n} sequences, more than this server "
                             f"decodes at once ({limits.max_batch}); send fewer prompts or a smaller n.", param="n")
-    if body.best_of is not None and body.best_of != n:
+    best_of = getattr(body, "best_of", None)
+    if best_of is not None and best_of != n:
         raise ApiError(400, "'best_of' other than n is not supported; leave it out.", param="best_of")
     for name in ("frequency_penalty", "presence_penalty"):
         if getattr(body, name) not in (None, 0):
             raise ApiError(400, f"'{name}' is not supported; use 'repetition_penalty' instead.", param=name)
     if body.logit_bias:
         raise ApiError(400, "'logit_bias' is not supported; leave it out.", param="logit_bias")
-    if body.suffix:
+    if getattr(body, "suffix", None):
         raise ApiError(400, "'suffix' (insertion) is not supported by causal models; leave it out.", param="suffix")
     if body.stream_options is not None and not body.stream:
         raise ApiError(400, "'stream_options' is only allowed with stream: true.", param="stream_options")
@@ -171,7 +203,7 @@ def completion_config(body: CompletionRequest, prompts: int, limits) -> Generati
         raise ApiError(400, f"'stop' has {len(stop)} strings; give at most {MAX_STOP}.", param="stop")
     if any(not x for x in stop):
         raise ApiError(400, "'stop' has an empty string; give non-empty stop strings.", param="stop")
-    if body.logprobs is not None and not 0 <= body.logprobs <= MAX_LOGPROBS:
+    if isinstance(body, CompletionRequest) and body.logprobs is not None and not 0 <= body.logprobs <= MAX_LOGPROBS:
         raise ApiError(400, f"'logprobs' must be between 0 and {MAX_LOGPROBS}, got {body.logprobs}.",
                        param="logprobs")
     temperature = 1.0 if body.temperature is None else body.temperature

@@ -1,9 +1,11 @@
-// lmlab playground: streams /v1/completions (SSE) and colours each token by its probability.
-// Plain browser JavaScript, no build step and no external resources.
+// lmlab playground: Completion mode streams /v1/completions, Chat mode /v1/chat/completions (SSE); both colour
+// each token by its probability. Plain browser JavaScript, no build step and no external resources.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 let controller = null; // AbortController of the running request (Stop aborts it; the server then cancels)
+let models = {}; // the /v1/models cards by id
+const turns = []; // the chat so far: {role: "user" | "assistant", content} (the system prompt is added on send)
 
 function headers() {
   const h = { "Content-Type": "application/json" };
@@ -32,14 +34,43 @@ async function loadModels() {
   const body = await res.json();
   const current = select.value;
   select.innerHTML = "";
+  models = {};
   for (const m of body.data) {
+    models[m.id] = m;
     const opt = document.createElement("option");
     opt.value = m.id;
-    opt.textContent = m.id + " (" + m.family + (m.context_length ? ", context " + m.context_length : "") + ")";
+    opt.dataset.label = m.id + " (" + m.family + (m.context_length ? ", context " + m.context_length : "") + ")";
     select.appendChild(opt);
   }
   if (current) select.value = current;
   status("");
+  updateMode();
+}
+
+const chatMode = () => document.body.dataset.mode === "chat";
+
+// Show the chosen mode; in chat mode, models without a chat template are marked and cannot be sent to.
+function updateMode() {
+  document.body.dataset.mode = document.querySelector("[name=mode]:checked").value;
+  for (const opt of $("model").options) {
+    opt.textContent = opt.dataset.label + (chatMode() && !models[opt.value].chat ? " (no chat)" : "");
+  }
+  const model = models[$("model").value];
+  const canChat = !model || model.chat;
+  $("no-chat").hidden = canChat;
+  $("no-chat").textContent = canChat ? "" : "Model '" + model.id + "' has no chat template, so it cannot chat: "
+    + "choose another model, start the server with --chat-template FILE.jinja, or use Completion mode.";
+  $("message").disabled = !canChat;
+  busy(controller !== null);
+}
+
+function busy(on) {
+  const model = models[$("model").value];
+  $("generate").disabled = on;
+  $("send").disabled = on || !(model && model.chat);
+  $("new-chat").disabled = on;
+  $("stop").disabled = !on;
+  for (const radio of document.querySelectorAll("[name=mode]")) radio.disabled = on;
 }
 
 async function init() {
@@ -48,14 +79,26 @@ async function init() {
     $(slider).addEventListener("input", update);
     update();
   }
-  $("colour").addEventListener("change", () => $("output").classList.toggle("coloured", $("colour").checked));
+  $("colour").addEventListener("change", () => {
+    for (const box of document.querySelectorAll(".tokens")) box.classList.toggle("coloured", $("colour").checked);
+  });
   $("generate").addEventListener("click", generate);
+  $("send").addEventListener("click", send);
+  $("new-chat").addEventListener("click", newChat);
   $("stop").addEventListener("click", () => { if (controller) controller.abort(); });
   $("prompt").addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) generate(); });
+  $("message").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); send(); }
+  });
+  for (const radio of document.querySelectorAll("[name=mode]")) radio.addEventListener("change", updateMode);
+  $("model").addEventListener("change", updateMode);
   $("api-key").value = sessionStorage.getItem("lmlab-api-key") || "";
   $("api-key").addEventListener("change", () => { sessionStorage.setItem("lmlab-api-key", $("api-key").value); loadModels(); });
-  $("output").addEventListener("mouseover", (e) => { if (e.target.classList.contains("tok")) showTip(e.target); });
-  $("output").addEventListener("mouseout", (e) => { if (e.target.classList.contains("tok")) $("tip").hidden = true; });
+  for (const box of document.querySelectorAll(".tokens")) {
+    box.addEventListener("mouseover", (e) => { if (e.target.classList.contains("tok")) showTip(e.target); });
+    box.addEventListener("mouseout", (e) => { if (e.target.classList.contains("tok")) $("tip").hidden = true; });
+  }
+  updateMode();
   try {
     const health = await (await fetch("/health")).json();
     $("max-tokens").max = String(health.max_tokens);
@@ -74,8 +117,8 @@ function colour(p) {
   return "hsl(" + Math.round(120 * x) + ",75%,82%)";
 }
 
-// One span per token: its text, probability and the top alternatives (for the tooltip).
-function addToken(text, logprob, top) {
+// One span per token: its text, probability and the top alternatives ({token: logprob}, for the tooltip).
+function addToken(parent, text, logprob, top) {
   const span = document.createElement("span");
   span.className = "tok";
   span.textContent = text;
@@ -86,7 +129,20 @@ function addToken(text, logprob, top) {
     span.style.setProperty("--bg", colour(p));
   }
   if (top) span.dataset.top = JSON.stringify(top);
-  $("output").appendChild(span);
+  parent.appendChild(span);
+}
+
+// A streamed piece of text and its tokens (with their logprobs and top alternatives) as spans under `parent`:
+// one per token, or one for the whole text when the tokens do not join to it (e.g. text held back for UTF-8).
+// Returns the number of tokens.
+function addTokens(parent, text, tokens, logprobs, tops) {
+  if (tokens.length && tokens.join("") === text) {
+    tokens.forEach((t, i) => addToken(parent, t, logprobs[i], tops[i]));
+  } else if (text) {
+    const lps = logprobs.filter((x) => x !== null && x !== undefined);
+    addToken(parent, text, lps.length ? Math.min(...lps) : null, tops[0]);
+  }
+  return tokens.length;
 }
 
 function shown(token) { return JSON.stringify(token).slice(1, -1); } // newlines and spaces made visible
@@ -122,48 +178,32 @@ function showTip(span) {
   tip.style.top = (r.bottom + 6 + tip.offsetHeight > window.innerHeight ? r.top - tip.offsetHeight - 6 : r.bottom + 6) + "px";
 }
 
-function render(choice) {
-  const lp = choice.logprobs;
-  if (lp && lp.tokens && lp.tokens.length && lp.tokens.join("") === choice.text) {
-    lp.tokens.forEach((t, i) => addToken(t, lp.token_logprobs[i], lp.top_logprobs ? lp.top_logprobs[i] : null));
-    return lp.tokens.length;
-  }
-  if (choice.text) { // text that does not split into whole tokens (e.g. held back for UTF-8): one span
-    const lps = lp && lp.token_logprobs ? lp.token_logprobs.filter((x) => x !== null) : [];
-    addToken(choice.text, lps.length ? Math.min(...lps) : null, lp && lp.top_logprobs ? lp.top_logprobs[0] : null);
-  }
-  return lp && lp.tokens ? lp.tokens.length : 0;
+// The sampling controls, as both endpoints take them.
+function sampling() {
+  return {
+    model: $("model").value, stream: true,
+    temperature: +$("temperature").value, top_p: +$("top-p").value, max_tokens: +$("max-tokens").value,
+    ...($("seed").value !== "" ? { seed: +$("seed").value } : {}),
+  };
 }
 
-async function generate() {
-  if (controller) return;
-  const prompt = $("prompt").value;
-  const output = $("output");
-  output.innerHTML = "";
-  const p = document.createElement("span");
-  p.className = "prompt";
-  p.textContent = prompt;
-  output.appendChild(p);
+// POST `body` to `url` and read its SSE stream: render(choice) draws each choice and returns its token count;
+// the server's errors (a JSON error response, or an `error` object in the stream) go to onError as text.
+// Returns the finish reason, "stopped" (Stop), or null after an error.
+async function stream(url, body, render, onError) {
   controller = new AbortController();
-  $("generate").disabled = true;
-  $("stop").disabled = false;
+  busy(true);
   const started = performance.now();
-  let tokens = 0, finish = null;
+  const rate = (tokens) => (tokens / ((performance.now() - started) / 1000)).toFixed(1) + " tokens/s";
+  let tokens = 0, finish = null, failed = false;
   status("generating…");
   try {
-    const res = await fetch("/v1/completions", {
-      method: "POST", headers: headers(), signal: controller.signal,
-      body: JSON.stringify({
-        model: $("model").value, prompt: prompt, stream: true, logprobs: 5,
-        temperature: +$("temperature").value, top_p: +$("top-p").value, max_tokens: +$("max-tokens").value,
-        ...($("seed").value !== "" ? { seed: +$("seed").value } : {}),
-      }),
-    });
+    const res = await fetch(url, { method: "POST", headers: headers(), signal: controller.signal, body: JSON.stringify(body) });
     if (!res.ok) {
-      const body = await res.json().catch(() => ({ error: { message: res.statusText } }));
-      showError(res.status + ": " + body.error.message);
+      const err = await res.json().catch(() => null);
+      onError(res.status + ": " + (err && err.error ? err.error.message : res.statusText));
       status("");
-      return;
+      return null;
     }
     const reader = res.body.getReader();
     const decoder = new TextDecoder();
@@ -181,25 +221,94 @@ async function generate() {
           const data = line.slice(6);
           if (data === "[DONE]") continue;
           const chunk = JSON.parse(data);
-          if (chunk.error) { showError(chunk.error.message); continue; }
+          if (chunk.error) { onError(chunk.error.message); failed = true; continue; }
           for (const choice of chunk.choices) {
             tokens += render(choice);
             if (choice.finish_reason) finish = choice.finish_reason;
           }
         }
       }
-      const seconds = (performance.now() - started) / 1000;
-      status(tokens + " tokens · " + (tokens / seconds).toFixed(1) + " tokens/s");
+      status(tokens + " tokens · " + rate(tokens));
     }
     const seconds = (performance.now() - started) / 1000;
-    status(tokens + " tokens in " + seconds.toFixed(2) + " s · " + (tokens / seconds).toFixed(1) + " tokens/s · finish: " + (finish || "?"));
+    status(tokens + " tokens in " + seconds.toFixed(2) + " s · " + rate(tokens) + " · finish: " + (finish || "?"));
+    return failed ? null : finish;
   } catch (err) {
-    if (err.name === "AbortError") status(tokens + " tokens · stopped");
-    else { showError(String(err)); status(""); }
+    if (err.name === "AbortError") { status(tokens + " tokens · stopped"); return "stopped"; }
+    onError(String(err));
+    status("");
+    return null;
   } finally {
     controller = null;
-    $("generate").disabled = false;
-    $("stop").disabled = true;
+    busy(false);
+  }
+}
+
+async function generate() {
+  if (controller) return;
+  const prompt = $("prompt").value;
+  const output = $("output");
+  output.innerHTML = "";
+  const p = document.createElement("span");
+  p.className = "prompt";
+  p.textContent = prompt;
+  output.appendChild(p);
+  await stream("/v1/completions", { ...sampling(), prompt: prompt, logprobs: 5 }, (choice) => {
+    const lp = choice.logprobs || {};
+    return addTokens(output, choice.text, lp.tokens || [], lp.token_logprobs || [], lp.top_logprobs || []);
+  }, showError);
+}
+
+// ------------------------------------------------------------------------------------------------ chat mode
+
+function addMessage(role, text) {
+  const div = document.createElement("div");
+  div.className = "msg " + role;
+  div.dataset.role = role;
+  if (text) div.textContent = text;
+  $("conversation").appendChild(div);
+  div.scrollIntoView({ block: "nearest" });
+  return div;
+}
+
+function newChat() {
+  if (controller) return;
+  turns.length = 0;
+  $("conversation").innerHTML = "";
+  status("");
+  $("message").focus();
+}
+
+// Send the message box's text with the whole conversation (system prompt, then every turn) and stream the reply.
+// A reply cut short (Stop, an error) stays in the conversation; a turn with no reply at all is taken back (its
+// text returns to the message box).
+async function send() {
+  const text = $("message").value;
+  if (controller || $("send").disabled || !text.trim()) return;
+  $("message").value = "";
+  turns.push({ role: "user", content: text });
+  const asked = addMessage("user", text);
+  const bubble = addMessage("assistant");
+  const system = $("system").value.trim() ? [{ role: "system", content: $("system").value }] : [];
+  let reply = "";
+  const finish = await stream("/v1/chat/completions",
+    { ...sampling(), messages: [...system, ...turns], logprobs: true, top_logprobs: 5 }, (choice) => {
+      const content = choice.delta.content || "";
+      const entries = (choice.logprobs && choice.logprobs.content) || [];
+      reply += content;
+      const count = addTokens(bubble, content, entries.map((e) => e.token), entries.map((e) => e.logprob),
+        entries.map((e) => Object.fromEntries((e.top_logprobs || []).map((a) => [a.token, a.logprob]))));
+      bubble.scrollIntoView({ block: "nearest" });
+      return count;
+    }, (message) => addMessage("error", message));
+  if (reply) {
+    turns.push({ role: "assistant", content: reply });
+    if (finish === "stopped" || finish === "length") bubble.dataset.note = finish === "stopped" ? "stopped" : "max tokens reached";
+  } else {
+    turns.pop();
+    asked.remove();
+    bubble.remove();
+    if (!$("message").value) $("message").value = text; // to edit and send again
   }
 }
 
