@@ -326,3 +326,56 @@ def test_streamed_text_never_splits_a_character(smollm2_run):
     prompt, _ = lmlab.chat_prompt(smollm2_run, [{"role": "user", "content": "用中文说你好"}])
     r = cli("generate", str(smollm2_run), "--prompt", prompt, "--temperature", "0", "--max-new-tokens", "12")
     assert r.returncode == 0 and "\ufffd" not in r.stdout and "🌟" in r.stdout, r.stderr
+
+
+def test_interactive_chat_in_a_terminal(smollm2_run, tmp_path):
+    """lmlab chat on a pseudo-terminal: a streamed reply, Ctrl-C stops the next one and keeps it, /save, /reset,
+    Ctrl-D quits."""
+    import os
+    import pty
+    import select
+    import signal
+    import time
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(LMLAB + ["chat", str(smollm2_run), "--temperature", "0", "--max-new-tokens", "300",
+                                     "--system", "You answer briefly."],
+                            stdin=slave, stdout=slave, stderr=slave, env=ENV, close_fds=True)
+    os.close(slave)
+    seen = bytearray()
+
+    def until(marker: bytes, timeout: float = 120) -> None:
+        end = time.monotonic() + timeout
+        while marker not in seen:
+            assert time.monotonic() < end and proc.poll() is None, seen.decode(errors="replace")
+            if select.select([master], [], [], 0.2)[0]:
+                seen.extend(os.read(master, 4096))
+
+    try:
+        until(b">>> ")
+        seen.clear()
+        os.write(master, QUESTIONS[1].encode() + b"\n")
+        until(b"Tokyo")
+        until(b">>> ")
+        seen.clear()
+        os.write(master, b"Tell me a long story about the sea.\n")
+        until(b"the sea.\r\n")  # (the terminal's echo)
+        seen.clear()
+        until(b" ")  # the reply is streaming
+        proc.send_signal(signal.SIGINT)  # Ctrl-C (what the terminal sends its foreground process)
+        until(b"[stopped]")
+        until(b">>> ")
+        os.write(master, f"/save {tmp_path / 'c.json'}\n".encode())
+        until(b"saved 5 messages")
+        saved = json.loads((tmp_path / "c.json").read_text(encoding="utf-8"))["messages"]
+        assert [m["role"] for m in saved] == ["system", "user", "assistant", "user", "assistant"]
+        assert "Tokyo" in saved[2]["content"] and 0 < len(saved[4]["content"]) < 1000
+        os.write(master, f"/reset\n/save {tmp_path / 'r.json'}\n".encode())
+        until(b"saved 1 messages")
+        assert json.loads((tmp_path / "r.json").read_text())["messages"] == [
+            {"role": "system", "content": "You answer briefly."}]
+        os.write(master, b"\x04")  # Ctrl-D
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+        os.close(master)

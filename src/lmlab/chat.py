@@ -255,22 +255,24 @@ class Conversation:
             self.messages.append({"role": "user", "content": user_text})
         block = self.model.block_size
         budget = block - self.cfg.max_new_tokens if block else 1 << 62
-        if block and budget < 1:
-            raise LmlabError(f"--max-new-tokens {self.cfg.max_new_tokens} leaves no room for the conversation in "
-                             f"this model's context of {block} tokens; ask for fewer.")
+        pieces, refused = [], False
         try:
-            self.messages, text, _ = fit_history(self.template, self.tokenizer, self.messages, budget, self.truncate)
-        except LmlabError:
-            if user_text is not None:
-                self.messages.pop()
-            raise
-        pieces = []
-        try:
+            if block and budget < 1:
+                raise LmlabError(f"--max-new-tokens {self.cfg.max_new_tokens} leaves no room for the conversation "
+                                 f"in this model's context of {block} tokens; ask for fewer.")
+            self.messages, text, _ = fit_history(self.template, self.tokenizer, self.messages, budget,
+                                                 self.truncate)
             for piece in stream(self.model, self.tokenizer, text, self.cfg):
                 pieces.append(piece)
                 yield piece
-        finally:  # (a KeyboardInterrupt closes the stream: the reply so far is kept)
-            self.messages.append({"role": "assistant", "content": "".join(pieces)})
+        except LmlabError:
+            refused = True
+            if user_text is not None:
+                self.messages.pop()
+            raise
+        finally:  # the reply joins the conversation, also when Ctrl-C stopped it (with what came so far)
+            if not refused:
+                self.messages.append({"role": "assistant", "content": "".join(pieces)})
 
 
 def chat_command(run, cfg, system: str | None = None, messages: str | None = None, chat_template: str | None = None,
@@ -311,8 +313,10 @@ def chat_command(run, cfg, system: str | None = None, messages: str | None = Non
 
 
 def interactive(conversation: Conversation) -> None:
+    import signal
     import sys
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C stops a reply (even if started ignoring it)
     try:
         import readline  # noqa: F401  (line editing and history for input())
     except ImportError:
