@@ -379,3 +379,18 @@ def test_interactive_chat_in_a_terminal(smollm2_run, tmp_path):
     finally:
         proc.kill()
         os.close(master)
+
+
+def test_serve_truncate_history_drops_the_oldest_turns(tiny_model, tmp_path):
+    (tmp_path / "play.jinja").write_text(PLAY, encoding="utf-8")
+    turns = [{"role": r, "content": c} for r, c in zip(["user", "assistant"] * 3, "ABCDE")]
+    body = {"model": "tiny", "messages": turns, "max_tokens": 4, "temperature": 0}
+    for truncate in (False, True):
+        app = create_app({"tiny": tiny_model}, chat_templates={"tiny": tmp_path / "play.jinja"},
+                         truncate_history=truncate)
+        with ServerThread(app) as url:
+            r = httpx.post(url + "/v1/chat/completions", json=body, timeout=60)
+        if not truncate:
+            assert "more than the 28 this model has room for" in is_openai_error(r, 400)["message"]
+        else:  # only the last user turn fits in 32 - 4 characters
+            assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == len("USER:\nE\n\nASSISTANT:\n")
