@@ -138,6 +138,19 @@ VERBS = {
         "dtype": DTYPE,
     }, (GENERATION.pick("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
                         "no_repeat_ngram_size", "bad_words", "stop", "num_beams", "length_penalty", "seed"), DEVICE)),
+    "finetune": Verb("supervised fine-tuning of a run on chat / instruction examples, the loss on the answers",
+                     "tasks.finetune:finetune_command", {
+        "run": opt("run", help="the run to start from (e.g. one lmlab convert made); with --resume, the one to continue"),
+        "data": opt("--data", help="training examples: chat JSONL ({'messages': [...]}), prompt/completion JSONL "
+                    "or Alpaca JSON/JSONL"),
+        "val": opt("--val", help="validation examples (default: 5%% of --data held out)"),
+        "fmt": opt("--format", choices=["chat", "prompt-completion", "alpaca"], help="(default: detected)"),
+        "out": opt("--out", help="the new run directory"),
+        "resume": opt("--resume", action="store_true", help="continue the fine-tuning run RUN from its checkpoint"),
+        "chat_template": CHAT_TEMPLATE,
+        "train_on_prompt": opt("--train-on-prompt", action="store_true", help="the loss on every token, not only "
+                               "the answers"),
+    }, (QUIET,), overrides=True),
     "compare": Verb("several models (any family, any tokenizer) on one text, in bits per byte", "compare:compare_command", {
         "models": opt("models", nargs="+", metavar="RUN_OR_ARPA", help="run directories and/or n-gram model files"),
         "data": opt("--data", required=True, help="the text file every model is scored on"),

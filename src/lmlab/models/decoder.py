@@ -38,9 +38,14 @@ class DecoderLM(NeuralLM):
 
     @classmethod
     def training_data(cls, cfg):
-        """Random windows of block_size tokens (nanoGPT)."""
-        from ..data import TokenBlocks
+        """Random windows of block_size tokens (nanoGPT), or a fine-tuning directory's examples with the loss on
+        their answers (tasks/finetune.py)."""
+        from ..data import TokenBlocks, read_meta
 
+        if read_meta(cfg.data.dir).get("task") == "sft":
+            from ..tasks.finetune import training_batches
+
+            return training_batches(cfg)
         return TokenBlocks(cfg.data.dir, cfg.model.block_size, cfg.train.batch_size, cfg.train.seed)
 
     @property
