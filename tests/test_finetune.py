@@ -4,6 +4,7 @@ a killed run resumes)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from lmlab.tokenizer import load_tokenizer
 
 from conftest import run_main
 from test_chat import LLAMA3
+from test_llama_convert import bpe, hf_dirs, imported  # noqa: F401 (fixtures)
 
 # A compact template: the tiny run's context is 32 characters ("u:seven and eight\na:fifteen\n").
 SHORT = "{% for m in messages %}{{ m.role[0] }}:{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}a:{% endif %}"
@@ -113,7 +115,7 @@ def test_lmlab_finetune_end_to_end(tiny_llama_run, tmp_path, capsys):
     (tmp_path / "play.jinja").write_text(SHORT, encoding="utf-8")
     out = tmp_path / "ft"
     argv = ["finetune", str(tiny_llama_run["run"]), "--data", str(data), "--out", str(out), "--chat-template",
-            str(tmp_path / "play.jinja"), "--quiet", "--train.max_iters", "150", "--train.learning_rate", "1e-2",
+            str(tmp_path / "play.jinja"), "--full", "--quiet", "--train.max_iters", "150", "--train.learning_rate", "1e-2",
             "--train.batch_size", "16", "--train.eval_interval", "20"]
     code, stdout, err = run_main(argv, capsys)
     assert code == 0, err
@@ -126,3 +128,70 @@ def test_lmlab_finetune_end_to_end(tiny_llama_run, tmp_path, capsys):
     assert code == 2 and "already holds a fine-tuning run" in err
     code, _, err = run_main(["finetune", str(out), "--resume", "--train.max_iters", "160", "--quiet"], capsys)
     assert code == 0, err
+
+
+# ----------------------------------------------------------------------------------- LoRA runs
+
+def lora_examples(tmp_path):
+    """Chat examples in the words of Tiny Shakespeare (the BPE of test_llama_convert knows them)."""
+    import random
+
+    rng = random.Random(1)
+    lines = [l for l in (Path(__file__).resolve().parents[1] / "data" / "tinyshakespeare.txt").read_text(
+        encoding="utf-8").splitlines() if 10 < len(l) < 40][:200]
+    records = [{"messages": [{"role": "user", "content": lines[i]}, {"role": "assistant", "content": lines[i + 1]}]}
+               for i in rng.sample(range(len(lines) - 1), 60)]
+    return write_jsonl(tmp_path / "lora.jsonl", records)
+
+
+def test_a_lora_run_is_a_plain_run_with_peft_adapter_files(imported, hf_dirs, tmp_path, capsys):
+    """The run's model.safetensors holds the merged weights (every verb loads it); its adapter files load with
+    peft onto the HF base and give the same logits; a run stopped and resumed equals one uninterrupted."""
+    import csv
+
+    import torch
+    from safetensors.torch import load_file
+
+    import lmlab
+
+    peft = pytest.importorskip("peft")
+    data = lora_examples(tmp_path)
+    common = ["--data", str(data), "--quiet", "--lora-rank", "4", "--lora-targets", "q,v,down",
+              "--train.learning_rate", "5e-3", "--train.eval_interval", "10", "--train.batch_size", "4",
+              "--train.lora_dropout", "0.1"]
+    whole = tmp_path / "whole"
+    code, _, err = run_main(["finetune", str(imported["llama"]), "--out", str(whole), *common,
+                             "--train.max_iters", "20"], capsys)
+    assert code == 0, err
+    # a run that stopped at step 10 and is resumed to 20 (warmup is 10 steps: its schedule is the whole run's)
+    code, _, err = run_main(["finetune", str(imported["llama"]), "--out", str(tmp_path / "ten"), *common,
+                             "--train.max_iters", "10"], capsys)
+    assert code == 0, err
+    code, _, err = run_main(["finetune", str(tmp_path / "ten"), "--resume", "--train.max_iters", "20", "--quiet"],
+                            capsys)
+    assert code == 0, err
+    losses = lambda run: [r["train_loss"] for r in csv.DictReader(open(run / "metrics.csv")) if r["train_loss"]]  # noqa
+    assert losses(tmp_path / "ten") == losses(whole)
+    a, b = load_file(whole / "adapter_model.safetensors"), load_file(tmp_path / "ten" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(k.endswith("mlp.down_proj.lora_B.weight") for k in a) and not any("k_proj" in k for k in a)
+    model, tok = lmlab.load(whole)  # a plain Llama: the adapters folded in
+    base, _ = lmlab.load(imported["llama"])
+    ids = torch.tensor([tok.encode("ROMEO: what light")])
+    with torch.no_grad():
+        ours, before = model(ids), base(ids)
+        hf = peft.PeftModel.from_pretrained(hf_dirs["llama"][1], str(whole)).eval()
+        theirs = hf(ids).logits
+    assert (ours - before).abs().max() > 1e-3  # the adapters changed the model
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+
+
+def test_lora_settings_that_do_not_fit_the_model_are_refused_before_anything_is_written(imported, tmp_path, capsys):
+    data = lora_examples(tmp_path)
+    for args, message in [(["--lora-targets", "q,attn"], "is named 'attn'; its Linear layers are q_proj (q), k_proj"),
+                          (["--lora-rank", "500"], "rank 500 is larger than layers.0.self_attn."),
+                          (["--full", "--lora-rank", "4"], "--full trains every weight")]:
+        out = tmp_path / "out"
+        code, _, err = run_main(["finetune", str(imported["llama"]), "--data", str(data), "--out", str(out),
+                                 "--quiet", *args], capsys)
+        assert code == 2 and message in err and not out.exists() and "Traceback" not in err, err

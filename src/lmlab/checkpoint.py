@@ -195,7 +195,7 @@ def check_resumable(run_dir: str | Path, cfg=None) -> int:
     state = load_trainer_state(path)
     if not isinstance(state, dict) or not {"step", "model", "optimizer"} <= state.keys():
         raise LmlabError(f"{path} is not an lmlab trainer state; start a new run.")
-    if cfg is not None:
+    if cfg is not None and not cfg.train.lora_rank:  # (a LoRA run's tensors are checked as they load)
         check_shapes(state["model"], cfg.model, path, state.get("config", {}).get("model"),
                      "the run's config.yaml and overrides")
     return state["step"]

@@ -150,6 +150,14 @@ VERBS = {
         "chat_template": CHAT_TEMPLATE,
         "train_on_prompt": opt("--train-on-prompt", action="store_true", help="the loss on every token, not only "
                                "the answers"),
+        "full": opt("--full", action="store_true", help="train every weight instead of LoRA adapters"),
+        "lora_rank": opt("--lora-rank", type=int, help="LoRA rank (default 8)"),
+        "lora_alpha": opt("--lora-alpha", type=float, help="LoRA alpha: the update is scaled by alpha / rank (16)"),
+        "lora_dropout": opt("--lora-dropout", type=float, help="dropout on the adapters' input (0.05)"),
+        "lora_targets": opt("--lora-targets", metavar="q,k,v,...", help="the Linear layers that get adapters "
+                            "(default q,k,v,o,gate,up,down)"),
+        "lora_base_dtype": opt("--lora-base-dtype", choices=["fp32", "bf16", "fp16", "int8"],
+                               help="hold the frozen base weights in this precision (QLoRA-style; default fp32)"),
     }, (QUIET,), overrides=True),
     "compare": Verb("several models (any family, any tokenizer) on one text, in bits per byte", "compare:compare_command", {
         "models": opt("models", nargs="+", metavar="RUN_OR_ARPA", help="run directories and/or n-gram model files"),

@@ -52,6 +52,14 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     tensorboard: bool = True
     seed: int = 1337
+    # LoRA (lmlab.lora, Hu et al. 2021): rank > 0 trains low-rank adapters on these Linear layers, the rest frozen;
+    # the base's weights may be held in bf16 / fp16 / int8 to save memory. The run's model.safetensors holds the
+    # merged weights, adapter_model.safetensors + adapter_config.json the adapters in PEFT's format.
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.05
+    lora_targets: str = "q,k,v,o,gate,up,down"
+    lora_base_dtype: str = "fp32"
 
 
 @dataclass

@@ -54,6 +54,15 @@ class Checkpoints:
             raise LmlabError(message)
 
     def _save_weights(self, tensors: dict, path: Path, step: int) -> None:  # on rank 0, inside write()
+        """The weights as a plain run holds them. A LoRA run's are merged (every verb loads them as they are),
+        and model.safetensors comes with the adapters alone in PEFT's format (lmlab.lora)."""
+        from .lora import HASH_KEY, lora_layers, merged_state_dict, save_adapter
+
+        model = self.parallel.model
+        if lora_layers(model):
+            tensors = merged_state_dict(model)
+            if path.name == WEIGHTS:
+                save_adapter(model, self.run_dir, getattr(model, HASH_KEY), {"step": step})
         save_weights(tensors, path, step, dataclasses.asdict(self.cfg.model))
 
     def save(self, step: int, elapsed: float, best_val: float) -> None:

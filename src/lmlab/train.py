@@ -41,6 +41,7 @@ from .checkpoint import STATE, check_resumable
 from .config import Config, TrainConfig
 from .data import ShardedData, read_meta
 from .errors import LmlabError
+from .files import read_json
 from .report import MetricsLog, plot_loss, truncate_metrics
 from .resume import Checkpoints
 from .runs import check_same_tokenizer, command_config, load_init_weights, start_run_dir
@@ -306,6 +307,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
     model = build_model(cfg.model)
     if init is not None:
         load_init_weights(model, init)
+    if cfg.train.lora_rank:
+        add_lora(model, cfg.train, run_dir if resume else None)
     trainer = Trainer(model, data, cfg, run_dir, tokenizer_path=Path(cfg.data.dir) / "tokenizer.json",
                       progress=progress)
     if resume:
@@ -313,6 +316,26 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
     summary = trainer.fit()
     summary["parameters"] = sum(p.numel() for p in model.parameters())
     return summary
+
+
+def add_lora(model: torch.nn.Module, t: TrainConfig, resumed_run: Path | None = None) -> None:
+    """LoRA adapters on the layers train.lora_targets names (lmlab.lora); only they train. The base's hash, which
+    each checkpoint's adapter files carry, is taken once: from the weights, or from the run being resumed (whose
+    base weights only arrive with its checkpoint)."""
+    from .lora import HASH_KEY, apply_lora, record_base_hash
+
+    saved = resumed_run / "adapter_config.json" if resumed_run is not None else None
+    if saved is not None and saved.is_file():
+        setattr(model, HASH_KEY, read_json(saved).get(HASH_KEY))
+    else:
+        record_base_hash(model)
+    apply_lora(model, *lora_arguments(t))
+
+
+def lora_arguments(t: TrainConfig) -> tuple:
+    """apply_lora's (targets, rank, alpha, dropout, base_dtype) from the train.lora_* settings."""
+    targets = [x.strip() for x in t.lora_targets.split(",") if x.strip()]
+    return targets, t.lora_rank, t.lora_alpha, t.lora_dropout, None if t.lora_base_dtype == "fp32" else t.lora_base_dtype
 
 
 def require_family(cfg: Config, family: str) -> None:

@@ -276,9 +276,14 @@ SFT_DEFAULTS = {"train.learning_rate": "5e-5", "train.min_lr": "5e-6", "train.wa
                 "train.eval_iters": "10", "train.weight_decay": "0.0"}
 
 
+LORA_DEFAULTS = {"train.lora_rank": "8", "train.learning_rate": "2e-4", "train.min_lr": "2e-5"}
+
+
 def finetune(run, data, out, val=None, fmt: str | None = None, chat_template=None, train_on_prompt: bool = False,
-             overrides: dict | None = None, progress: bool = True) -> dict:
-    """Fine-tune the run `run` on the examples in `data` into the new run `out` (see the module docstring)."""
+             overrides: dict | None = None, progress: bool = True, full: bool = False) -> dict:
+    """Fine-tune the run `run` on the examples in `data` into the new run `out` (see the module docstring): LoRA
+    adapters (rank 8 on q, k, v, o, gate, up, down unless train.lora_* say otherwise), or every weight with
+    `full`."""
     from ..chat import load_template
     from ..runs import init_config
     from ..tokenizer import load_tokenizer
@@ -288,8 +293,12 @@ def finetune(run, data, out, val=None, fmt: str | None = None, chat_template=Non
     if (out / "data" / "meta.json").exists() or (out / "trainer_state.pt").exists():
         raise LmlabError(f"{out} already holds a fine-tuning run; continue it with `lmlab finetune {out} --resume` or choose another "
                          "--out.")
-    settings = {**SFT_DEFAULTS, **(overrides or {}), "data.dir": str(out / "data")}
+    if full and int((overrides or {}).get("train.lora_rank", 0)):
+        raise LmlabError("--full trains every weight; leave out --lora-rank (or --full).")
+    settings = {**SFT_DEFAULTS, **({} if full else LORA_DEFAULTS), **(overrides or {}), "data.dir": str(out / "data")}
     cfg = init_config(run, None, settings)  # (checks the run and every override before anything is written)
+    if cfg.train.lora_rank:
+        check_lora(cfg)
     tokenizer = load_tokenizer(run)
     try:
         template = load_template(tokenizer, f"the run {run}", chat_template)
@@ -310,18 +319,37 @@ def finetune(run, data, out, val=None, fmt: str | None = None, chat_template=Non
     return train(cfg, out, progress=progress, init=run)
 
 
+def check_lora(cfg) -> None:
+    """The LoRA settings against the model, on the meta device (no memory, no time), before anything is written."""
+    import torch
+
+    from ..lora import HASH_KEY, apply_lora
+    from ..models import build_model
+    from ..train import lora_arguments
+
+    with torch.device("meta"):
+        model = build_model(cfg.model)
+        setattr(model, HASH_KEY, "0" * 64)  # (meta tensors have no bytes to hash)
+        apply_lora(model, *lora_arguments(cfg.train))
+
+
 def finetune_command(run, data=None, out=None, val=None, fmt: str | None = None, chat_template=None,
-                     train_on_prompt: bool = False, resume: bool = False, quiet: bool = False,
+                     train_on_prompt: bool = False, resume: bool = False, quiet: bool = False, full: bool = False,
+                     lora_rank: int | None = None, lora_alpha: float | None = None, lora_dropout: float | None = None,
+                     lora_targets: str | None = None, lora_base_dtype: str | None = None,
                      overrides: dict | None = None) -> None:
     """`lmlab finetune RUN --data FILE --out RUN2`, or `lmlab finetune RUN2 --resume`."""
     from ..runs import resume_config
     from ..train import Interrupted, train
 
+    given = {"lora_rank": lora_rank, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout,
+             "lora_targets": lora_targets, "lora_base_dtype": lora_base_dtype}
+    overrides = {**(overrides or {}), **{f"train.{k}": str(v) for k, v in given.items() if v is not None}}
     if not resume and not (data and out):
         raise LmlabError("lmlab finetune needs RUN --data FILE --out NEW_RUN (or NEW_RUN --resume).")
     try:
         summary = (train(resume_config(run, overrides), run, resume=True, progress=not quiet) if resume else
-                   finetune(run, data, out, val, fmt, chat_template, train_on_prompt, overrides, not quiet))
+                   finetune(run, data, out, val, fmt, chat_template, train_on_prompt, overrides, not quiet, full))
     except Interrupted as e:
         print(f"lmlab finetune: {e}", file=sys.stderr)
         raise SystemExit(128 + e.signum) from None
