@@ -334,6 +334,9 @@ def add_lora(model: torch.nn.Module, t: TrainConfig, resumed_run: Path | None = 
 
 def lora_arguments(t: TrainConfig) -> tuple:
     """apply_lora's (targets, rank, alpha, dropout, base_dtype) from the train.lora_* settings."""
+    if t.strategy == "fsdp":
+        raise LmlabError("LoRA trains with DDP (only the small adapters learn, and a checkpoint merges them in one "
+                         "process); use --train.strategy ddp.")
     targets = [x.strip() for x in t.lora_targets.split(",") if x.strip()]
     return targets, t.lora_rank, t.lora_alpha, t.lora_dropout, None if t.lora_base_dtype == "fp32" else t.lora_base_dtype
 
