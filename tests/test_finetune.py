@@ -195,3 +195,18 @@ def test_lora_settings_that_do_not_fit_the_model_are_refused_before_anything_is_
         code, _, err = run_main(["finetune", str(imported["llama"]), "--data", str(data), "--out", str(out),
                                  "--quiet", *args], capsys)
         assert code == 2 and message in err and not out.exists() and "Traceback" not in err, err
+
+
+def test_the_loss_runs_the_head_only_where_there_are_targets_and_means_the_same():
+    import torch
+    import torch.nn.functional as F
+
+    from lmlab.models.llama import Llama, LlamaConfig
+
+    torch.manual_seed(0)
+    model = Llama(LlamaConfig(vocab_size=50, n_embd=32, n_layer=2, n_head=2, block_size=16))
+    x, y = torch.randint(0, 50, (3, 16)), torch.randint(0, 50, (3, 16))
+    y[:, :9] = -100  # a prompt
+    y[2, 12:] = -100  # padding
+    full = F.cross_entropy(model(x).reshape(-1, 50), y.reshape(-1))  # (ignore_index -100)
+    torch.testing.assert_close(model.loss((x, y)), full, rtol=0, atol=1e-6)
