@@ -15,7 +15,9 @@
   tokens, padding), examples longer than block_size + 1 tokens cropped (counted).
 - `finetune` / `lmlab finetune RUN --data train.jsonl --out RUN2`: prepares RUN2/data with RUN's tokenizer and
   template and trains RUN's architecture from its weights on the one Trainer (`train(..., init=RUN)`), so
-  --resume and --train.* come with it.
+  --resume and --train.* come with it: LoRA adapters by default (train.lora_*, lmlab.lora; the run's
+  model.safetensors then holds the merged weights and adapter_*.json/.safetensors PEFT's files), every weight
+  with --full.
 """
 from __future__ import annotations
 
@@ -262,9 +264,11 @@ class SFTBatches:
 
 
 def training_batches(cfg) -> SFTBatches:
-    """The Trainer's data for a causal LM config whose data directory holds SFT examples."""
-    meta = SFTBatches(cfg.data.dir, 1, 0, 1, 0, warn=False).meta
-    pad = meta.get("eot_id")
+    """The Trainer's data for a causal LM config whose data directory holds SFT examples (padded with the
+    end-of-text id, which the loss never sees)."""
+    from ..data import read_meta
+
+    pad = read_meta(cfg.data.dir).get("eot_id")
     return SFTBatches(cfg.data.dir, cfg.train.batch_size, cfg.train.seed, cfg.model.block_size,
                       0 if pad is None else pad)
 
@@ -291,8 +295,8 @@ def finetune(run, data, out, val=None, fmt: str | None = None, chat_template=Non
 
     out = Path(out)
     if (out / "data" / "meta.json").exists() or (out / "trainer_state.pt").exists():
-        raise LmlabError(f"{out} already holds a fine-tuning run; continue it with `lmlab finetune {out} --resume` or choose another "
-                         "--out.")
+        raise LmlabError(f"{out} already holds a fine-tuning run; continue it with `lmlab finetune {out} --resume` "
+                         "or choose another --out.")
     if full and int((overrides or {}).get("train.lora_rank", 0)):
         raise LmlabError("--full trains every weight; leave out --lora-rank (or --full).")
     settings = {**SFT_DEFAULTS, **({} if full else LORA_DEFAULTS), **(overrides or {}), "data.dir": str(out / "data")}
