@@ -3,6 +3,7 @@ the prepared batches, and `lmlab finetune` end to end on a tiny Llama run (its l
 a killed run resumes)."""
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -180,7 +181,7 @@ def test_a_lora_run_is_a_plain_run_with_peft_adapter_files(imported, hf_dirs, tm
     ids = torch.tensor([tok.encode("ROMEO: what light")])
     with torch.no_grad():
         ours, before = model(ids), base(ids)
-        hf = peft.PeftModel.from_pretrained(hf_dirs["llama"][1], str(whole)).eval()
+        hf = peft.PeftModel.from_pretrained(copy.deepcopy(hf_dirs["llama"][1]), str(whole)).eval()  # (peft adapts in place)
         theirs = hf(ids).logits
     assert (ours - before).abs().max() > 1e-3  # the adapters changed the model
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
@@ -210,3 +211,33 @@ def test_the_loss_runs_the_head_only_where_there_are_targets_and_means_the_same(
     y[2, 12:] = -100  # padding
     full = F.cross_entropy(model(x).reshape(-1, 50), y.reshape(-1))  # (ignore_index -100)
     torch.testing.assert_close(model.loss((x, y)), full, rtol=0, atol=1e-6)
+
+
+def test_lmlab_merge_folds_a_peft_adapter_into_a_plain_run(imported, hf_dirs, tmp_path, capsys):
+    import torch
+
+    import lmlab
+
+    peft = pytest.importorskip("peft")
+    hf = copy.deepcopy(hf_dirs["llama"][1])  # (peft adapts the model in place; the fixture's is shared)
+    torch.manual_seed(3)
+    tuned = peft.get_peft_model(hf, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, p in tuned.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    tuned.save_pretrained(tmp_path / "adapter")
+    code, stdout, err = run_main(["merge", str(imported["llama"]), "--adapter", str(tmp_path / "adapter"),
+                                  "--out", str(tmp_path / "merged")], capsys)
+    assert code == 0 and "merged into 4 layers" in stdout, err
+    model, tok = lmlab.load(tmp_path / "merged")
+    ids = torch.tensor([tok.encode("ROMEO: what light")])
+    with torch.no_grad():
+        theirs = tuned.eval()(ids).logits
+        torch.testing.assert_close(model(ids), theirs, rtol=0, atol=1e-5)
+    # an adapter that names its base (lmlab writes its SHA-256) on another base: refused, nothing written
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps({**config, "lmlab_base_sha256": "0" * 64}))
+    code, _, err = run_main(["merge", str(imported["llama"]), "--adapter", str(tmp_path / "adapter"),
+                             "--out", str(tmp_path / "other")], capsys)
+    assert code == 2 and "was made for other base weights" in err and not (tmp_path / "other").exists(), err

@@ -159,6 +159,11 @@ VERBS = {
         "lora_base_dtype": opt("--lora-base-dtype", choices=["fp32", "bf16", "fp16", "int8"],
                                help="hold the frozen base weights in this precision (QLoRA-style; default fp32)"),
     }, (QUIET,), overrides=True),
+    "merge": Verb("fold a LoRA adapter (PEFT's files) into a run's weights, as a new plain run", "lora:merge_command", {
+        "run": opt("run", help="the base run the adapter was trained on"),
+        "adapter": opt("--adapter", required=True, metavar="DIR", help="adapter_config.json + adapter_model.safetensors"
+                       " (a LoRA run of lmlab finetune, or peft's save_pretrained)"),
+        "out": opt("--out", required=True, help="the merged run to write")}),
     "compare": Verb("several models (any family, any tokenizer) on one text, in bits per byte", "compare:compare_command", {
         "models": opt("models", nargs="+", metavar="RUN_OR_ARPA", help="run directories and/or n-gram model files"),
         "data": opt("--data", required=True, help="the text file every model is scored on"),

@@ -474,3 +474,27 @@ def load_adapter(model: nn.Module, directory, base_dtype: str | None = None) -> 
             layer.lora_A.weight.copy_(tensors[f"{key}.lora_A.weight"])
             layer.lora_B.weight.copy_(tensors[f"{key}.lora_B.weight"])
     return names
+
+
+# ----------------------------------------------------------------------------------- lmlab merge
+
+def merge_command(run, adapter, out) -> None:
+    """`lmlab merge BASE_RUN --adapter DIR --out RUN`: a plain run of the base with the adapter (PEFT's files, made
+    by lmlab finetune or by peft) folded into its weights. An adapter that names another base (its
+    lmlab_base_sha256) is refused, and nothing is written."""
+    import dataclasses
+    import shutil
+
+    from .checkpoint import MODEL_CONFIG, WEIGHTS, load, save_weights, unique_state_dict
+    from .convert.hf_files import check_free, output_dir
+
+    out = Path(out)
+    check_free(out)
+    model, tokenizer = load(run)
+    names = load_adapter(model, adapter)
+    merge_lora(model)
+    with output_dir(out) as tmp:
+        shutil.copyfile(Path(run) / MODEL_CONFIG, tmp / MODEL_CONFIG)
+        save_weights(unique_state_dict(model), tmp / WEIGHTS, 0, dataclasses.asdict(model.cfg))
+        tokenizer.save(tmp / "tokenizer.json")
+    print(f"wrote {out}: {run} with the adapter of {adapter} merged into {len(names)} layers")
