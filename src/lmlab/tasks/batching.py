@@ -1,6 +1,7 @@
 """What the task workflows share between their data and the Trainer: which rows form each batch of a split
-(`LengthBatching`, a pure function of the batch index, so a resumed run sees the same batches), right padding
-(`pad_rows`), and the ragged rows of a prepared directory on disk (`write_rows`, `read_rows`).
+(`LengthBatching`, a pure function of the batch index, so a resumed run sees the same batches), each split's rows
+loaded once (`SplitRows`), right padding (`pad_rows`), and the ragged rows of a prepared directory on disk
+(`write_rows`, `read_rows`).
 """
 from __future__ import annotations
 
@@ -65,6 +66,38 @@ class LengthBatching:
         """The row indices of batch `index`."""
         epoch, position = divmod(int(index), len(self))
         return self.epoch(epoch)[position]
+
+
+class SplitRows:
+    """Batches of a prepared directory's train and val splits: each split loaded once, on first use, by the
+    subclass's `load(name)` (its columns of rows and the LengthBatching that cuts them into batches); a pickled
+    copy (a DataLoader worker's) loads its own."""
+
+    def __init__(self):
+        self._splits: dict = {}  # split -> (columns, LengthBatching)
+
+    def __getstate__(self):
+        return {**self.__dict__, "_splits": {}}
+
+    def load(self, name: str) -> tuple[tuple, LengthBatching]:
+        raise NotImplementedError
+
+    def split(self, name: str) -> tuple:
+        """The columns of a split's rows (e.g. source and target ids)."""
+        if name not in self._splits:
+            if name not in ("train", "val"):
+                raise LmlabError(f"unknown split {name!r}; use train or val.")
+            self._splits[name] = self.load(name)
+        return self._splits[name][0]
+
+    def batches(self, name: str) -> int:
+        self.split(name)
+        return len(self._splits[name][1])
+
+    def rows(self, name: str, index: int) -> np.ndarray:
+        """The row indices of batch `index` of a split."""
+        self.split(name)
+        return self._splits[name][1].rows(index)
 
 
 def pad_rows(rows, pad_id: int, mask: bool = False):

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import LmlabError
-from .batching import LengthBatching, ids_dtype, pad_rows, read_rows, write_rows
+from .batching import LengthBatching, SplitRows, ids_dtype, pad_rows, read_rows, write_rows
 
 TASK = "sft"
 FORMATS = ("chat", "prompt-completion", "alpaca")
@@ -212,7 +212,7 @@ def prepare_sft(train_path, out_dir, tokenizer, template=None, val_path=None, fm
     return meta
 
 
-class SFTBatches:
+class SFTBatches(SplitRows):
     """(x [B, T], y [B, T]) of a prepared SFT directory: x the example's ids but the last, y the next ids with -100
     where no loss is taken (prompt, padding). Examples longer than block_size + 1 tokens keep their first
     block_size + 1 (counted once per split). Batches of similar length (tasks.batching.LengthBatching), a pure
@@ -225,39 +225,28 @@ class SFTBatches:
 
         self.data_dir, self.meta = Path(data_dir), read_meta(data_dir, (TASK,), MADE_BY, "instruction examples")
         self.batch_size, self.seed, self.block_size, self.pad_id, self.warn = batch_size, seed, block_size, pad_id, warn
-        self._splits: dict = {}
+        super().__init__()
 
-    def __getstate__(self):
-        return {**self.__dict__, "_splits": {}}
-
-    def split(self, name: str):
-        if name not in self._splits:
-            if name not in ("train", "val"):
-                raise LmlabError(f"unknown split {name!r}; use train or val.")
-            ids, target = read_rows(self.data_dir, name, ("ids", "target"), self.meta["dtype"], MADE_BY)
-            keep = [i for i, t in enumerate(target) if t[1:self.block_size + 1].any()]
-            if not keep:
-                raise LmlabError(f"the {name} split of {self.data_dir} has no example with an answer within "
-                                 f"block_size {self.block_size} tokens.")
-            long = sum(1 for row in ids if len(row) > self.block_size + 1)
-            if long and self.warn:
-                print(f"note: {long:,} {name} example(s) are longer than block_size + 1 = {self.block_size + 1} "
-                      "tokens and are cropped to it.", file=sys.stderr)
-            ids, target = [ids[i][:self.block_size + 1] for i in keep], [target[i][:self.block_size + 1] for i in keep]
-            order = LengthBatching([len(r) for r in ids], self.batch_size, self.seed, shuffle=name == "train",
-                                   window=self.BUCKET)
-            self._splits[name] = (ids, target, order)
-        return self._splits[name][:2]
-
-    def batches(self, name: str) -> int:
-        self.split(name)
-        return len(self._splits[name][2])
+    def load(self, name: str):
+        """(ids, target marks) of a split's examples that have an answer within the block, and its batching."""
+        ids, target = read_rows(self.data_dir, name, ("ids", "target"), self.meta["dtype"], MADE_BY)
+        keep = [i for i, t in enumerate(target) if t[1:self.block_size + 1].any()]
+        if not keep:
+            raise LmlabError(f"the {name} split of {self.data_dir} has no example with an answer within "
+                             f"block_size {self.block_size} tokens.")
+        long = sum(1 for row in ids if len(row) > self.block_size + 1)
+        if long and self.warn:
+            print(f"note: {long:,} {name} example(s) are longer than block_size + 1 = {self.block_size + 1} "
+                  "tokens and are cropped to it.", file=sys.stderr)
+        ids, target = [ids[i][:self.block_size + 1] for i in keep], [target[i][:self.block_size + 1] for i in keep]
+        return (ids, target), LengthBatching([len(r) for r in ids], self.batch_size, self.seed,
+                                             shuffle=name == "train", window=self.BUCKET)
 
     def batch(self, name: str, index: int):
         import torch
 
         ids, target = self.split(name)
-        rows = self._splits[name][2].rows(index)
+        rows = self.rows(name, index)
         x = pad_rows([ids[i][:-1] for i in rows], self.pad_id)
         labels = [np.where(target[i][1:] > 0, ids[i][1:], -100) for i in rows]
         return x, pad_rows(labels, -100).to(torch.long)

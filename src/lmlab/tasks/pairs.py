@@ -30,7 +30,7 @@ import numpy as np
 from ..data import read_meta
 from ..errors import LmlabError
 from ..files import atomic_write_json, read_text, staged_dir
-from .batching import LengthBatching, ids_dtype, pad_rows, read_rows, write_rows
+from .batching import LengthBatching, SplitRows, ids_dtype, pad_rows, read_rows, write_rows
 
 PAD, MASK = "<pad>", "<mask>"
 TASKS = ("pairs", "denoise")
@@ -258,7 +258,7 @@ def load_pairs(data_dir, split: str) -> tuple[list[np.ndarray], list[np.ndarray]
     return src, tgt
 
 
-class PairBatches:
+class PairBatches(SplitRows):
     """Padded batches (src [B, S], tgt_in [B, T], tgt_out [B, T]) of a prepared seq2seq directory.
 
     src = the source ids + <eos>, right-padded with <pad>; tgt_in = <eos> + target ids (the decoder's input,
@@ -280,37 +280,21 @@ class PairBatches:
         self.eos_id, self.pad_id, self.mask_id = eos_id, pad_id, mask_id
         self.noise = self.meta.get("noise") if self.meta["task"] == "denoise" else None
         self.warn = warn
-        self._splits: dict = {}  # split -> (source ids, target ids, LengthBatching)
+        super().__init__()
 
-    def __getstate__(self):
-        return {**self.__dict__, "_splits": {}}
-
-    def split(self, name: str):
-        """(source ids, target ids) of a split, loaded once."""
-        if name not in self._splits:
-            if name not in ("train", "val"):
-                raise LmlabError(f"unknown split {name!r}; use train or val.")
-            src, tgt = load_pairs(self.data_dir, name)
-            if not src:
-                raise LmlabError(f"the {name} split of {self.data_dir} has no sentence pairs; prepare it with more lines.")
-            limit = self.block_size - 1
-            long = sum(1 for s, t in zip(src, tgt) if len(s) > limit or len(t) > limit)
-            if long and self.warn:
-                print(f"note: {long:,} {name} pair(s) of {self.data_dir} have a side longer than block_size - 1 = "
-                      f"{limit} tokens; batches keep their first {limit} tokens.", file=sys.stderr)
-            keys = np.array([len(t) * 1000 + len(s) for s, t in zip(src, tgt)])
-            order = LengthBatching(keys, self.batch_size, self.seed, shuffle=name == "train", window=self.BUCKET)
-            self._splits[name] = (src, tgt, order)
-        return self._splits[name][:2]
-
-    def batches(self, name: str) -> int:
-        self.split(name)
-        return len(self._splits[name][2])
-
-    def rows(self, name: str, index: int) -> np.ndarray:
-        """The pair indices of batch `index` of a split."""
-        self.split(name)
-        return self._splits[name][2].rows(index)
+    def load(self, name: str):
+        """(source ids, target ids) of a split, and its batching."""
+        src, tgt = load_pairs(self.data_dir, name)
+        if not src:
+            raise LmlabError(f"the {name} split of {self.data_dir} has no sentence pairs; prepare it with more lines.")
+        limit = self.block_size - 1
+        long = sum(1 for s, t in zip(src, tgt) if len(s) > limit or len(t) > limit)
+        if long and self.warn:
+            print(f"note: {long:,} {name} pair(s) of {self.data_dir} have a side longer than block_size - 1 = "
+                  f"{limit} tokens; batches keep their first {limit} tokens.", file=sys.stderr)
+        keys = np.array([len(t) * 1000 + len(s) for s, t in zip(src, tgt)])
+        return (src, tgt), LengthBatching(keys, self.batch_size, self.seed, shuffle=name == "train",
+                                          window=self.BUCKET)
 
     def batch(self, name: str, index: int):
         src, tgt = self.split(name)
