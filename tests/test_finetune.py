@@ -241,3 +241,135 @@ def test_lmlab_merge_folds_a_peft_adapter_into_a_plain_run(imported, hf_dirs, tm
     code, _, err = run_main(["merge", str(imported["llama"]), "--adapter", str(tmp_path / "adapter"),
                              "--out", str(tmp_path / "other")], capsys)
     assert code == 2 and "was made for other base weights" in err and not (tmp_path / "other").exists(), err
+
+
+# ----------------------------------------------------------------------------------- packing, checkpointing, --nproc
+
+def tiny_gpt(vocab_size: int):
+    import torch
+
+    from lmlab.models import build_model
+    from lmlab.models.gpt import GPTConfig
+
+    torch.manual_seed(0)
+    return build_model(GPTConfig(vocab_size=vocab_size, block_size=128, n_layer=2, n_head=2, n_embd=32, dropout=0.0))
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt"])
+def test_a_packed_batch_gives_the_loss_and_gradients_of_the_same_examples_unpacked(family, imported, tmp_path):
+    import torch
+
+    import lmlab
+
+    model, tok = lmlab.load(imported["llama"])
+    model = model if family == "llama" else tiny_gpt(tok.vocab_size)
+    data = tmp_path / "data"
+    meta = prepare_sft(lora_examples(tmp_path), data, tok)
+    n = meta["train"]["examples"]
+    plain, packed = (SFTBatches(data, n, 0, model.block_size, 0, pack=pack) for pack in (False, True))
+    assert plain.batches("train") == packed.batches("train") == 1  # every example in one batch, both ways
+    x, y = plain.batch("train", 0)
+    px, py, segments = packed.batch("train", 0)
+    assert x.shape[0] == n and px.shape[0] < n / 3 and px.shape[1] <= model.block_size
+    assert int((py != -100).sum()) == int((y != -100).sum()) > 0
+    real = segments >= 0
+    assert int(real.sum()) == int(sum(len(r) for r in plain.split("train")[0]))  # every input token, once
+    assert (py[~real] == -100).all() and int(segments.max()) >= 2  # padding carries no loss; rows hold 3+ examples
+
+    def loss_and_grads(batch):
+        model.zero_grad()
+        loss = model.loss(batch)
+        loss.backward()
+        return loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    (a, ga), (b, gb) = loss_and_grads((x, y)), loss_and_grads((px, py, segments))
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    assert ga.keys() == gb.keys()
+    for k in ga:
+        torch.testing.assert_close(ga[k], gb[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_pack_examples_fills_rows_best_fit_and_places_each_example_once():
+    from lmlab.tasks.finetune import pack_examples
+
+    lengths = [int(v) for v in np.random.default_rng(0).integers(1, 60, 500)]
+    rows = pack_examples(lengths, 64)
+    assert sorted(i for r in rows for i in r) == list(range(500))
+    assert all(sum(lengths[i] for i in r) <= 64 for r in rows)
+    assert len(rows) <= 1.1 * sum(lengths) / 64 + 1  # near the fewest rows possible
+    assert pack_examples(lengths, 64) == rows  # a pure function of the lengths
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_adapter_gradients(imported):
+    import torch
+
+    import lmlab
+    from lmlab.lora import apply_lora
+
+    model, tok = lmlab.load(imported["llama"])
+    apply_lora(model, ["q", "v", "down"], rank=4)
+    torch.manual_seed(0)
+    for layer in model.modules():
+        if hasattr(layer, "lora_B"):
+            torch.nn.init.normal_(layer.lora_B.weight, std=0.1)
+    ids = torch.tensor([tok.encode("ROMEO: what light through yonder window breaks")])
+    model.train()
+
+    def run(checkpoint):
+        model.checkpoint_blocks = checkpoint
+        model.zero_grad()
+        loss = model.loss((ids[:, :-1], ids[:, 1:]))
+        loss.backward()
+        return loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
+
+    (a, ga), (b, gb) = run(False), run(True)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert ga.keys() == gb.keys() and all(k.endswith(("lora_A.weight", "lora_B.weight")) for k in ga)
+    for k in ga:
+        torch.testing.assert_close(ga[k], gb[k], rtol=1e-5, atol=1e-7, msg=k)
+
+
+def test_finetune_packs_and_checkpoints_end_to_end_and_refuses_gradient_checkpointing_without_blocks(
+        imported, tiny_lstm_run, tmp_path, capsys):
+    data = lora_examples(tmp_path)
+    out = tmp_path / "packed"
+    code, _, err = run_main(["finetune", str(imported["llama"]), "--data", str(data), "--out", str(out), "--quiet",
+                             "--pack", "--gradient-checkpointing", "--lora-rank", "4", "--train.max_iters", "4",
+                             "--train.batch_size", "2"], capsys)
+    assert code == 0, err
+    assert json.loads((out / "data" / "meta.json").read_text())["pack"] is True
+    assert (out / "adapter_model.safetensors").is_file()
+    code, _, err = run_main(["train", "--config", str(tiny_lstm_run["config"]), "--out", str(tmp_path / "rnn"),
+                             "--train.gradient_checkpointing", "true"], capsys)
+    assert code == 2 and "a rnn model has none" in err and "Traceback" not in err, err
+
+
+def test_two_gloo_processes_train_the_adapters_one_process_trains_with_grad_accum(imported, tmp_path, capsys):
+    """lmlab finetune --nproc 2 (DDP over gloo, no dropout) prepares once and trains what one process with
+    grad_accum 2 trains; --resume --nproc 2 continues it."""
+    import torch
+    from safetensors.torch import load_file
+
+    from lmlab.checkpoint import load_trainer_state
+    from conftest import cli
+
+    data = lora_examples(tmp_path)
+    flags = ["--data", str(data), "--quiet", "--lora-rank", "4", "--lora-targets", "q,v", "--lora-dropout", "0",
+             "--train.max_iters", "4", "--train.batch_size", "4", "--train.learning_rate", "5e-3",
+             "--train.eval_interval", "4", "--train.tensorboard", "false"]
+    two, one = tmp_path / "two", tmp_path / "one"
+    r = cli("finetune", imported["llama"], "--out", two, *flags, "--nproc", "2", "--train.strategy", "ddp",
+            timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("done: step 4") == 1
+    state = load_trainer_state(two / "trainer_state.pt")
+    assert state["world_size"] == 2 and state["global_batch"] == 8
+    code, _, err = run_main(["finetune", str(imported["llama"]), "--out", str(one), *flags, "--train.grad_accum", "2"],
+                            capsys)
+    assert code == 0, err
+    a, b = load_file(two / "adapter_model.safetensors"), load_file(one / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and len(a) == 8
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5, msg=k)
+    r = cli("finetune", two, "--resume", "--nproc", "2", "--train.max_iters", "6", "--quiet", timeout=300)
+    assert r.returncode == 0 and "done: step 6" in r.stdout, r.stderr[-3000:]

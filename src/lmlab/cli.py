@@ -151,6 +151,11 @@ VERBS = {
         "train_on_prompt": opt("--train-on-prompt", action="store_true", help="the loss on every token, not only "
                                "the answers"),
         "full": opt("--full", action="store_true", help="train every weight instead of LoRA adapters"),
+        "pack": opt("--pack", action="store_true", help="pack several examples per row (attention and loss stay "
+                    "within each example)"),
+        "gradient_checkpointing": opt("--gradient-checkpointing", action="store_true", help="recompute each block's "
+                                      "activations in the backward pass instead of keeping them (less memory)"),
+        "nproc": NPROC,
         "lora_rank": opt("--lora-rank", type=int, help="LoRA rank (default 8)"),
         "lora_alpha": opt("--lora-alpha", type=float, help="LoRA alpha: the update is scaled by alpha / rank (16)"),
         "lora_dropout": opt("--lora-dropout", type=float, help="dropout on the adapters' input (0.05)"),

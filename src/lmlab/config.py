@@ -60,6 +60,9 @@ class TrainConfig:
     lora_dropout: float = 0.05
     lora_targets: str = "q,k,v,o,gate,up,down"
     lora_base_dtype: str = "fp32"
+    # Activation checkpointing (Chen et al. 2016) of a Transformer decoder's blocks: their activations are
+    # recomputed in the backward pass instead of kept (about one more forward pass of time, far less memory).
+    gradient_checkpointing: bool = False
 
 
 @dataclass

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import check_shapes, load_state_into, unique_state_dict
+from .checkpoint import WEIGHTS, check_shapes, load_state_into, unique_state_dict, weights_step
 from .errors import LmlabError
 
 STRATEGIES = ("auto", "single", "ddp", "fsdp")
@@ -268,3 +268,19 @@ def launch(argv: list[str], nproc: int) -> None:
     except ChildFailedError as e:
         codes = [f.exitcode for f in e.failures.values()]
         raise SystemExit(next((c for c in codes if c > 0), 128 - min(codes))) from None
+
+
+def check_launcher(nproc: int, verb: str) -> None:
+    """A verb that prepares data and then trains (`lmlab classify train`, `lmlab finetune`) starts its own training
+    processes: refuse a bad --nproc, and being started under torchrun itself."""
+    check_nproc(nproc)
+    if launched_world() > 1:
+        raise LmlabError(f"{verb} prepares its data once, then starts the training processes: run it with --nproc N "
+                         "rather than under torchrun.")
+
+
+def train_processes(argv: list[str], nproc: int, run: Path, progress: bool) -> dict:
+    """`lmlab <argv>` (a train command) in nproc processes (launch); the summary of what they trained."""
+    launch(argv + ([] if progress else ["--quiet"]), nproc)
+    return {"step": weights_step(Path(run) / WEIGHTS)}
+

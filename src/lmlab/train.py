@@ -309,6 +309,11 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
         load_init_weights(model, init)
     if cfg.train.lora_rank:
         add_lora(model, cfg.train, run_dir if resume else None)
+    if cfg.train.gradient_checkpointing:
+        if not hasattr(model, "checkpoint_blocks"):
+            raise LmlabError(f"train.gradient_checkpointing recomputes the blocks of a Transformer decoder (gpt, "
+                             f"llama); a {cfg.model.family} model has none.")
+        model.checkpoint_blocks = True
     trainer = Trainer(model, data, cfg, run_dir, tokenizer_path=Path(cfg.data.dir) / "tokenizer.json",
                       progress=progress)
     if resume:

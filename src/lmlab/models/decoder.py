@@ -33,8 +33,34 @@ def padded_positions(start: int, T: int, pad: torch.Tensor | None, device) -> tu
     return (cols - pad[:, None]).clamp(min=0), mask[:, None]
 
 
+def packed_positions(segments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions [B, T] and attention mask [B, 1, T, T] of rows that pack several examples (segments [B, T]: the
+    example each column belongs to, -1 for the padding at a row's end). Each example attends causally to itself
+    only and its positions count from 0, so it computes what it computes alone in a row of its own."""
+    T = segments.shape[1]
+    cols = torch.arange(T, device=segments.device)
+    begins = torch.ones_like(segments, dtype=torch.bool)
+    begins[:, 1:] = segments[:, 1:] != segments[:, :-1]
+    first = torch.where(begins, cols, 0).cummax(dim=1).values  # the column where each column's example starts
+    causal = torch.ones(T, T, dtype=torch.bool, device=segments.device).tril()
+    mask = (segments[:, :, None] == segments[:, None, :]) & causal
+    return cols - first, mask[:, None]
+
+
+def run_block(model, block, *args):
+    """block(*args), through activation checkpointing (torch.utils.checkpoint: the block's activations are
+    recomputed in the backward pass instead of kept) when model.checkpoint_blocks is set and it trains."""
+    if model.checkpoint_blocks and model.training and torch.is_grad_enabled():
+        from torch.utils.checkpoint import checkpoint
+
+        return checkpoint(block, *args, use_reentrant=False)
+    return block(*args)
+
+
 class DecoderLM(NeuralLM):
     """A decoder-only Transformer LM with a KV cache (see the module docstring)."""
+
+    checkpoint_blocks = False  # train.gradient_checkpointing: run_block recomputes each block in the backward pass
 
     @classmethod
     def training_data(cls, cfg):
@@ -57,8 +83,18 @@ class DecoderLM(NeuralLM):
             raise LmlabError(f"sequence of {start + T} tokens is longer than the model's "
                              f"block_size {self.cfg.block_size}.")
 
-    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None, pad: torch.Tensor | None = None) -> torch.Tensor:
+    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None, pad: torch.Tensor | None = None,
+               segments: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+    def layout(self, start: int, T: int, pad, segments, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Positions and attention mask of the columns: packed examples (packed_positions), left padding, or
+        plain causal (decoder.padded_positions)."""
+        if segments is not None:
+            if start:
+                raise LmlabError("packed rows (segments) are for training passes, not for a KV cache.")
+            return packed_positions(segments)
+        return padded_positions(start, T, pad, device)
 
     def new_cache(self, batch: int) -> KVCache:
         raise NotImplementedError
@@ -68,13 +104,14 @@ class DecoderLM(NeuralLM):
         return self.lm_head(self.hidden(idx))
 
     def loss(self, batch) -> torch.Tensor:
-        """Mean next-token cross-entropy (nats) of a training batch (x, y) over the targets that are not -100.
+        """Mean next-token cross-entropy (nats) of a training batch (x, y) over the targets that are not -100;
+        (x, y, segments): rows that pack several examples (packed_positions).
 
         Where some are -100 (fine-tuning: prompts and padding), the LM head runs on the other positions only, the
         same mean for less: with SmolLM2's 49,152-token head, logits of every position were ~20% of a step's
         forward compute and its largest tensors."""
-        x, y = batch
-        h = self.hidden(x)
+        x, y, *packed = batch
+        h = self.hidden(x, segments=packed[0] if packed else None)
         keep = y != -100
         if not bool(keep.all()):
             h, y = h[keep], y[keep]

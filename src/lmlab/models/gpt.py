@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from ..errors import LmlabError
 from . import kernels
-from .decoder import DecoderLM, padded_positions
+from .decoder import DecoderLM, run_block
 from .layers import Block, KVCache, check_transformer, init_weights, sinusoidal_positions
 
 
@@ -64,21 +64,23 @@ class GPT(DecoderLM):
             for proj in (block.attn.proj, block.mlp.proj):
                 nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
-    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None, pad: torch.Tensor | None = None) -> torch.Tensor:
+    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None, pad: torch.Tensor | None = None,
+               segments: torch.Tensor | None = None) -> torch.Tensor:
         """Final hidden states [B, T, C] for token ids idx [B, T] (after any cached positions); `pad` [B]: left
-        padding (decoder.padded_positions)."""
+        padding (decoder.padded_positions); `segments` [B, T]: rows packing several examples
+        (decoder.packed_positions)."""
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         self.check_length(start, T)
-        positions, mask = padded_positions(start, T, pad, idx.device)
+        positions, mask = self.layout(start, T, pad, segments, idx.device)
         table = self.wpe.weight if self.wpe is not None else self.pos_table
-        x = self.wte(idx) + (table[start:start + T] if pad is None else table[positions])
+        x = self.wte(idx) + table[positions]
         x = self.drop(x) if self.training else x
         # A decoding step (one new position per row) on CPU runs every block in one call of the decoding
         # kernel (kernels.py), which computes what the blocks compute; otherwise, or where it cannot, the blocks.
         if not (T == 1 and cache is not None and kernels.gpt_blocks_apply(self.blocks, x, cache, pad)):
             for i, block in enumerate(self.blocks):
-                x = block(x, cache, i, mask)
+                x = run_block(self, block, x, cache, i, mask)
         if cache is not None:
             cache.length += T
         return self.ln_f(x)

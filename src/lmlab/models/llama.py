@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ..config import check_fraction, check_positive
 from ..errors import LmlabError
 from . import kernels
-from .decoder import DecoderLM, padded_positions
+from .decoder import DecoderLM, run_block
 from .layers import KVCache, init_weights, linear
 
 
@@ -166,21 +166,24 @@ class Llama(DecoderLM):
             for proj in (block.self_attn.o_proj, block.mlp.down_proj):
                 nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
-    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None, pad: torch.Tensor | None = None) -> torch.Tensor:
+    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None, pad: torch.Tensor | None = None,
+               segments: torch.Tensor | None = None) -> torch.Tensor:
         """Final hidden states [B, T, C] for token ids idx [B, T] (after any cached positions); `pad` [B]: left
-        padding (decoder.padded_positions: each row's rotary positions count from its first real token)."""
+        padding (decoder.padded_positions: each row's rotary positions count from its first real token);
+        `segments` [B, T]: rows packing several examples (decoder.packed_positions)."""
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         self.check_length(start, T)
-        positions, mask = padded_positions(start, T, pad, idx.device)
+        positions, mask = self.layout(start, T, pad, segments, idx.device)
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]
-        if pad is not None:
+        if positions.dim() == 2:
             cos, sin = cos[:, None], sin[:, None]  # [B, 1, T, d]: per row, broadcast over the heads
         x = self.embed_tokens(idx)
         x = self.drop(x) if self.training else x
         if not (T == 1 and cache is not None and kernels.llama_blocks_apply(self, x, cache, positions, pad)):
+            cos, sin = cos.to(x.dtype), sin.to(x.dtype)
             for i, block in enumerate(self.layers):
-                x = block(x, cos.to(x.dtype), sin.to(x.dtype), cache, i, mask)
+                x = run_block(self, block, x, cos, sin, cache, i, mask)
         if cache is not None:
             cache.length += T
         return self.norm(x)

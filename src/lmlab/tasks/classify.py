@@ -80,10 +80,11 @@ def train_classifier(train, out, kind: str = "encoder", val=None, init=None, tex
     `overrides`: dotted config fields (model.X, train.X), applied last. `nproc` > 1 trains in that many processes
     (torchrun, like `lmlab train --nproc`). Returns train()'s summary plus the validation metrics.
     """
+    from .. import distributed
     from ..checkpoint import STATE
     from ..config import load_config, save_config
 
-    _check_processes(nproc)
+    distributed.check_launcher(nproc, "lmlab classify train")
     if kind not in KINDS:
         raise LmlabError(f"unknown classifier {kind!r}; use --model {', '.join(KINDS)}.")
     out = Path(out)
@@ -125,7 +126,8 @@ def train_classifier(train, out, kind: str = "encoder", val=None, init=None, tex
         "val_texts": len(val_texts)})
     if nproc > 1:
         argv = ["train", "--config", str(out / "config.yaml"), "--out", str(out)]
-        summary = _launch(argv + (["--init", str(start_run)] if start_run else []), nproc, out, progress)
+        argv += ["--init", str(start_run)] if start_run else []
+        summary = distributed.train_processes(argv, nproc, out, progress)
     else:
         from ..train import train as train_run
 
@@ -136,10 +138,11 @@ def train_classifier(train, out, kind: str = "encoder", val=None, init=None, tex
 def resume_classifier(run, overrides: dict | None = None, progress: bool = True, nproc: int = 1) -> dict:
     """Continue an interrupted classifier run from its last checkpoint (its config.yaml, with overrides such as a
     longer train.max_iters), then fit and evaluate it as train_classifier does."""
+    from .. import distributed
     from ..runs import resume_config
     from ..train import train
 
-    _check_processes(nproc)
+    distributed.check_launcher(nproc, "lmlab classify train")
     run = Path(run)
     if not (run / INFO).is_file():
         what = f"is not a classifier run (no {INFO})" if run.is_dir() else "does not exist"
@@ -148,7 +151,7 @@ def resume_classifier(run, overrides: dict | None = None, progress: bool = True,
     start = time.perf_counter()
     if nproc > 1:
         flags = [str(a) for key, value in (overrides or {}).items() for a in (f"--{key}", value)]
-        summary = _launch(["train", "--resume", str(run), *flags], nproc, run, progress)
+        summary = distributed.train_processes(["train", "--resume", str(run), *flags], nproc, run, progress)
     else:
         summary = train(cfg, run, resume=True, progress=progress)
     return _finish(run, summary, start)
@@ -183,25 +186,6 @@ def _train_section(defaults: dict, train_texts: int, val_texts: int, epochs, bat
             "warmup_iters": max(1, round(0.06 * max_iters)), "weight_decay": 0.01, "beta2": 0.999,
             "eval_interval": steps_per_epoch, "eval_iters": math.ceil(val_texts / batch_size),
             "save_interval": steps_per_epoch, "log_interval": 10, "seed": seed}
-
-
-def _check_processes(nproc: int) -> None:
-    from .. import distributed
-
-    distributed.check_nproc(nproc)
-    if distributed.launched_world() > 1:
-        raise LmlabError("lmlab classify train prepares its data once, then starts the training processes: run it "
-                         "with --nproc N rather than under torchrun.")
-
-
-def _launch(argv: list[str], nproc: int, run: Path, progress: bool) -> dict:
-    """`lmlab <argv>` (a train command) in nproc processes; the summary of what they trained."""
-    from .. import distributed
-    from ..checkpoint import WEIGHTS
-    from ..checkpoint import weights_step
-
-    distributed.launch(argv + ([] if progress else ["--quiet"]), nproc)
-    return {"step": weights_step(run / WEIGHTS)}
 
 
 def _finish(run: Path, summary: dict, start: float) -> dict:

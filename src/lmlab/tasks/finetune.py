@@ -181,8 +181,9 @@ def _plain_ids(messages: list[dict], tokenizer, train_on_prompt: bool) -> tuple[
 # --------------------------------------------------------------------------- the prepared directory
 
 def prepare_sft(train_path, out_dir, tokenizer, template=None, val_path=None, fmt: str | None = None,
-                train_on_prompt: bool = False, val_fraction: float = 0.05, seed: int = 0) -> dict:
-    """Read, render and write the examples into out_dir (train and val splits, meta.json last)."""
+                train_on_prompt: bool = False, val_fraction: float = 0.05, seed: int = 0, pack: bool = False) -> dict:
+    """Read, render and write the examples into out_dir (train and val splits, meta.json last); `pack`: the
+    batches pack several examples per row (SFTBatches)."""
     from ..data import FORMAT_VERSION
     from ..files import atomic_write_json, staged_dir
 
@@ -199,7 +200,7 @@ def prepare_sft(train_path, out_dir, tokenizer, template=None, val_path=None, fm
     stop_ids = template.stop_ids if template is not None else ()
     meta = {"format_version": FORMAT_VERSION, "task": TASK, "tokenizer": tokenizer.kind,
             "vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_id, "template": template is not None,
-            "train_on_prompt": train_on_prompt, "dtype": ids_dtype(tokenizer.vocab_size)}
+            "train_on_prompt": train_on_prompt, "pack": pack, "dtype": ids_dtype(tokenizer.vocab_size)}
     with staged_dir(out_dir) as tmp:
         for split, examples in (("train", train), ("val", val)):
             rows = [example_ids(m, template, tokenizer, stop_ids, train_on_prompt) for m in examples]
@@ -212,23 +213,49 @@ def prepare_sft(train_path, out_dir, tokenizer, template=None, val_path=None, fm
     return meta
 
 
+def pack_examples(lengths, capacity: int) -> list[list[int]]:
+    """Examples (by index) grouped into rows of at most `capacity` tokens: best fit, longest first (a row takes
+    the example when it is the fullest row with room for it; a deterministic function of the lengths)."""
+    import bisect
+
+    rows, room = [], []  # room: sorted (tokens left, row index)
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        at = bisect.bisect_left(room, (lengths[i], -1))
+        if at == len(room):
+            rows.append([i])
+            left, row = capacity - lengths[i], len(rows) - 1
+        else:
+            left, row = room.pop(at)
+            rows[row].append(i)
+            left -= lengths[i]
+        bisect.insort(room, (left, row))
+    return rows
+
+
 class SFTBatches(SplitRows):
     """(x [B, T], y [B, T]) of a prepared SFT directory: x the example's ids but the last, y the next ids with -100
     where no loss is taken (prompt, padding). Examples longer than block_size + 1 tokens keep their first
     block_size + 1 (counted once per split). Batches of similar length (tasks.batching.LengthBatching), a pure
-    function of the batch index, so a resumed run sees the same batches."""
+    function of the batch index, so a resumed run sees the same batches.
+
+    pack: each row holds several examples (pack_examples, up to block_size tokens), and a batch is
+    (x, y, segments) with segments [B, T] the example of each column (-1: padding), for attention and positions
+    that stay within each example (models/decoder.packed_positions): the same loss as unpacked, in fewer rows."""
 
     BUCKET = 50  # batches per length-sorted window
 
-    def __init__(self, data_dir, batch_size: int, seed: int, block_size: int, pad_id: int, warn: bool = True):
+    def __init__(self, data_dir, batch_size: int, seed: int, block_size: int, pad_id: int, warn: bool = True,
+                 pack: bool = False):
         from ..data import read_meta
 
         self.data_dir, self.meta = Path(data_dir), read_meta(data_dir, (TASK,), MADE_BY, "instruction examples")
         self.batch_size, self.seed, self.block_size, self.pad_id, self.warn = batch_size, seed, block_size, pad_id, warn
+        self.pack = pack
         super().__init__()
 
     def load(self, name: str):
-        """(ids, target marks) of a split's examples that have an answer within the block, and its batching."""
+        """The split's (inputs, labels, segments or None) rows of examples that have an answer within the block,
+        and its batching."""
         ids, target = read_rows(self.data_dir, name, ("ids", "target"), self.meta["dtype"], MADE_BY)
         keep = [i for i, t in enumerate(target) if t[1:self.block_size + 1].any()]
         if not keep:
@@ -239,17 +266,25 @@ class SFTBatches(SplitRows):
             print(f"note: {long:,} {name} example(s) are longer than block_size + 1 = {self.block_size + 1} "
                   "tokens and are cropped to it.", file=sys.stderr)
         ids, target = [ids[i][:self.block_size + 1] for i in keep], [target[i][:self.block_size + 1] for i in keep]
-        return (ids, target), LengthBatching([len(r) for r in ids], self.batch_size, self.seed,
-                                             shuffle=name == "train", window=self.BUCKET)
+        inputs = [row[:-1] for row in ids]
+        labels = [np.where(t[1:] > 0, row[1:], -100) for row, t in zip(ids, target)]
+        segments = None
+        if self.pack:
+            rows = pack_examples([len(x) for x in inputs], self.block_size)
+            segments = [np.concatenate([np.full(len(inputs[i]), k) for k, i in enumerate(r)]) for r in rows]
+            inputs = [np.concatenate([inputs[i] for i in r]) for r in rows]
+            labels = [np.concatenate([labels[i] for i in r]) for r in rows]
+        return (inputs, labels, segments), LengthBatching([len(r) for r in inputs], self.batch_size, self.seed,
+                                                          shuffle=name == "train", window=self.BUCKET)
 
     def batch(self, name: str, index: int):
         import torch
 
-        ids, target = self.split(name)
+        inputs, labels, segments = self.split(name)
         rows = self.rows(name, index)
-        x = pad_rows([ids[i][:-1] for i in rows], self.pad_id)
-        labels = [np.where(target[i][1:] > 0, ids[i][1:], -100) for i in rows]
-        return x, pad_rows(labels, -100).to(torch.long)
+        x = pad_rows([inputs[i] for i in rows], self.pad_id)
+        y = pad_rows([labels[i] for i in rows], -100).to(torch.long)
+        return (x, y) if segments is None else (x, y, pad_rows([segments[i] for i in rows], -1))
 
 
 def training_batches(cfg) -> SFTBatches:
@@ -257,9 +292,10 @@ def training_batches(cfg) -> SFTBatches:
     end-of-text id, which the loss never sees)."""
     from ..data import read_meta
 
-    pad = read_meta(cfg.data.dir).get("eot_id")
+    meta = read_meta(cfg.data.dir)
+    pad = meta.get("eot_id")
     return SFTBatches(cfg.data.dir, cfg.train.batch_size, cfg.train.seed, cfg.model.block_size,
-                      0 if pad is None else pad)
+                      0 if pad is None else pad, pack=bool(meta.get("pack")))
 
 
 # --------------------------------------------------------------------------- lmlab finetune
@@ -273,15 +309,20 @@ LORA_DEFAULTS = {"train.lora_rank": "8", "train.learning_rate": "2e-4", "train.m
 
 
 def finetune(run, data, out, val=None, fmt: str | None = None, chat_template=None, train_on_prompt: bool = False,
-             overrides: dict | None = None, progress: bool = True, full: bool = False) -> dict:
+             overrides: dict | None = None, progress: bool = True, full: bool = False, pack: bool = False,
+             nproc: int = 1) -> dict:
     """Fine-tune the run `run` on the examples in `data` into the new run `out` (see the module docstring): LoRA
     adapters (rank 8 on q, k, v, o, gate, up, down unless train.lora_* say otherwise), or every weight with
-    `full`."""
+    `full`; `pack`: several examples per row; `nproc` > 1: the data is prepared once, then that many training
+    processes start (torchrun, DDP)."""
     from ..chat import load_template
     from ..runs import init_config
     from ..tokenizer import load_tokenizer
     from ..train import train
 
+    from .. import distributed
+
+    distributed.check_launcher(nproc, "lmlab finetune")
     out = Path(out)
     if (out / "data" / "meta.json").exists() or (out / "trainer_state.pt").exists():
         raise LmlabError(f"{out} already holds a fine-tuning run; continue it with `lmlab finetune {out} --resume` "
@@ -304,11 +345,18 @@ def finetune(run, data, out, val=None, fmt: str | None = None, chat_template=Non
     if chat_template is not None:  # the fine-tuned run keeps the template it learned (tokenizer_config.json)
         tokenizer.settings_text = json.dumps({**tokenizer.settings, "chat_template": template.source},
                                              ensure_ascii=False, indent=2)
-    meta = prepare_sft(data, out / "data", tokenizer, template, val, fmt, train_on_prompt, seed=cfg.train.seed)
+    meta = prepare_sft(data, out / "data", tokenizer, template, val, fmt, train_on_prompt, seed=cfg.train.seed,
+                       pack=pack)
     if progress:
         print(f"prepared {meta['train']['examples']:,} training examples ({meta['train']['target_tokens']:,} of "
               f"{meta['train']['tokens']:,} tokens carry the loss) and {meta['val']['examples']:,} validation "
               f"examples into {out / 'data'}", file=sys.stderr)
+    if nproc > 1:
+        from ..config import save_config
+
+        save_config(cfg, out / "config.yaml")  # what the processes train
+        return distributed.train_processes(["train", "--config", str(out / "config.yaml"), "--out", str(out),
+                                            "--init", str(run)], nproc, out, progress)
     return train(cfg, out, progress=progress, init=run)
 
 
@@ -328,23 +376,35 @@ def check_lora(cfg) -> None:
 
 def finetune_command(run, data=None, out=None, val=None, fmt: str | None = None, chat_template=None,
                      train_on_prompt: bool = False, resume: bool = False, quiet: bool = False, full: bool = False,
-                     lora_rank: int | None = None, lora_alpha: float | None = None, lora_dropout: float | None = None,
+                     pack: bool = False, nproc: int | None = None, lora_rank: int | None = None,
+                     lora_alpha: float | None = None, lora_dropout: float | None = None,
                      lora_targets: str | None = None, lora_base_dtype: str | None = None,
-                     overrides: dict | None = None) -> None:
+                     gradient_checkpointing: bool = False, overrides: dict | None = None) -> None:
     """`lmlab finetune RUN --data FILE --out RUN2`, or `lmlab finetune RUN2 --resume`."""
+    from .. import distributed
     from ..runs import resume_config
     from ..train import Interrupted, train
 
     given = {"lora_rank": lora_rank, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout,
-             "lora_targets": lora_targets, "lora_base_dtype": lora_base_dtype}
+             "lora_targets": lora_targets, "lora_base_dtype": lora_base_dtype,
+             "gradient_checkpointing": "true" if gradient_checkpointing else None}
     overrides = {**(overrides or {}), **{f"train.{k}": str(v) for k, v in given.items() if v is not None}}
+    nproc = nproc or 1
     if not resume and not (data and out):
         raise LmlabError("lmlab finetune needs RUN --data FILE --out NEW_RUN (or NEW_RUN --resume).")
     try:
-        summary = (train(resume_config(run, overrides), run, resume=True, progress=not quiet) if resume else
-                   finetune(run, data, out, val, fmt, chat_template, train_on_prompt, overrides, not quiet, full))
+        if resume:
+            cfg = resume_config(run, overrides)  # (checked here, before any process starts)
+            distributed.check_launcher(nproc, "lmlab finetune")
+            flags = [f"--{key}={value}" for key, value in overrides.items()]
+            summary = (distributed.train_processes(["train", "--resume", str(run), *flags], nproc, run, not quiet)
+                       if nproc > 1 else train(cfg, run, resume=True, progress=not quiet))
+        else:
+            summary = finetune(run, data, out, val, fmt, chat_template, train_on_prompt, overrides, not quiet, full,
+                               pack, nproc)
     except Interrupted as e:
         print(f"lmlab finetune: {e}", file=sys.stderr)
         raise SystemExit(128 + e.signum) from None
-    print(f"done: step {summary['step']}, best val loss {summary['best_val_loss']:.4f}; run saved in "
-          f"{run if resume else out}")
+    if "best_val_loss" in summary:  # (training processes said it themselves)
+        print(f"done: step {summary['step']}, best val loss {summary['best_val_loss']:.4f}; run saved in "
+              f"{run if resume else out}")
