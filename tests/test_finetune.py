@@ -187,6 +187,43 @@ def test_a_lora_run_is_a_plain_run_with_peft_adapter_files(imported, hf_dirs, tm
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
 
 
+def test_a_bare_adapter_directory_loads_onto_the_base_it_names(imported, tmp_path, capsys):
+    """The adapter files alone (copied out of a LoRA run) load in every verb: lmlab.load finds the base run in
+    base_model_name_or_path and merges them in; lmlab.load(base, adapter=DIR) does the same; a base that is not
+    there is one sentence."""
+    import shutil
+
+    import torch
+
+    import lmlab
+
+    run = tmp_path / "lora"
+    code, _, err = run_main(["finetune", str(imported["llama"]), "--data", str(lora_examples(tmp_path)), "--out",
+                             str(run), "--quiet", "--lora-rank", "4", "--train.max_iters", "6",
+                             "--train.learning_rate", "1e-2"], capsys)
+    assert code == 0, err
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy(run / name, bare / name)
+    assert json.loads((bare / "adapter_config.json").read_text())["base_model_name_or_path"] == \
+        str(Path(imported["llama"]).resolve())
+    ids = torch.tensor([[5, 17, 42, 9, 100]])
+    with torch.no_grad():
+        merged = lmlab.load(run)[0](ids)
+        assert lmlab.finetune is not None
+        for model, _ in (lmlab.load(bare), lmlab.load(imported["llama"], adapter=bare)):
+            torch.testing.assert_close(model(ids), merged, rtol=0, atol=1e-5)
+            assert all(p.requires_grad for p in model.parameters())  # a plain model again
+    code, out, err = run_main(["generate", str(bare), "--prompt", "ROMEO:", "--max-new-tokens", "5", "--seed", "1"],
+                              capsys)
+    assert code == 0 and out.startswith("ROMEO:"), err
+    config = json.loads((bare / "adapter_config.json").read_text())
+    (bare / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "HuggingFaceTB/x"}))
+    code, _, err = run_main(["generate", str(bare), "--prompt", "a"], capsys)
+    assert code == 2 and "holds an adapter for 'HuggingFaceTB/x', which is not an lmlab run here" in err, err
+
+
 def test_lora_settings_that_do_not_fit_the_model_are_refused_before_anything_is_written(imported, tmp_path, capsys):
     data = lora_examples(tmp_path)
     for args, message in [(["--lora-targets", "q,attn"], "is named 'attn'; its Linear layers are q_proj (q), k_proj"),

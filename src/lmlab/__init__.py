@@ -25,7 +25,8 @@ _EXPORTS = {
     "Trainer": "train", "train": "train",
     "Encoder": "models.encoder", "EncoderConfig": "models.encoder", "train_classifier": "tasks.classify",
     "evaluate_classifier": "tasks.classify", "load_classifier": "tasks.classify", "read_labeled": "tasks.labeled",
-    "chat_prompt": "chat",
+    "chat_prompt": "chat", "finetune": "tasks.finetune", "apply_lora": "lora", "merge_lora": "lora",
+    "load_adapter": "lora", "save_adapter": "lora",
 }
 __version__ = "0.1.0"
 __all__ = sorted(_EXPORTS)

@@ -279,11 +279,13 @@ def load_model_config(run_dir: str | Path):
     return build_dataclass(model_config_class(raw.get("family", "gpt")), raw, "model")
 
 
-def load(path: str | Path, which: str = "best", device: str = "cpu"):
+def load(path: str | Path, which: str = "best", device: str = "cpu", adapter: str | Path | None = None):
     """Load a trained model and its tokenizer from a run directory: `model, tokenizer = lmlab.load(run)`.
 
     which = "best" uses best.safetensors when the run kept one, else the latest weights; "last" the latest.
     An n-gram model file (.arpa or .npz) loads too: the NGramLM is its own tokenizer (encode / decode).
+    `adapter`: a LoRA adapter directory (PEFT's files) merged into the weights at load; a bare adapter directory
+    given as `path` loads onto the base run its adapter_config.json names (lmlab.lora.load_adapted).
     """
     from .models import build_model
     from .tokenizer import load_tokenizer
@@ -298,10 +300,20 @@ def load(path: str | Path, which: str = "best", device: str = "cpu"):
         model = load_ngram(run)
         return model, model
     if not is_run_dir(run):
+        if (run / "adapter_config.json").is_file() and adapter is None:
+            from .lora import load_adapted
+
+            return load_adapted(run, which, device)
         raise LmlabError(f"{run} is not a run directory (no {MODEL_CONFIG} and {WEIGHTS}); "
                          "give a directory written by `lmlab train` or an n-gram model (.arpa / .npz).")
     model = build_model(load_model_config(run))
     weights = run / BEST if which == "best" and (run / BEST).is_file() else run / WEIGHTS
     load_weights(model, weights, assign=True)
+    if adapter is not None:
+        from .lora import load_adapter, merge_lora
+
+        load_adapter(model, adapter)
+        merge_lora(model)
+        model.requires_grad_(True)
     model.to(device).eval()
     return model, load_tokenizer(run / "tokenizer.json")

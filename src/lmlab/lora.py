@@ -50,6 +50,7 @@ ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.j
 PEFT_VERSION = "0.21.2"  # the peft whose save_pretrained output save_adapter matches (requirements-dev.txt)
 PREFIX = "base_model.model."  # PeftModel's prefix of every saved key
 HASH_KEY = "lmlab_base_sha256"
+BASE_PATH = "lmlab_base_path"  # the model attribute (set by lmlab finetune) that becomes base_model_name_or_path
 ALIASES = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj", "gate": "gate_proj", "up": "up_proj",
            "down": "down_proj"}
 BASE_DTYPES = {None: None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.int8}
@@ -71,6 +72,55 @@ NOT_PLAIN = {"bias": "none", "use_dora": False, "use_rslora": False, "lora_bias"
              "layer_replication": None, "trainable_token_indices": None, "target_parameters": None,
              "alora_invocation_tokens": None, "use_qalora": False, "use_bdlora": None, "arrow_config": None,
              "kasa_config": None, "monteclora_config": None, "velora_config": None, "megatron_config": None}
+
+
+def _noise(keep: torch.Tensor, p: float, dtype) -> torch.Tensor:
+    """nn.Dropout's multiplier of the kept entries, keep / (1 - p), computed as it computes it."""
+    return keep.to(dtype).div_(1 - p)
+
+
+class _LoRAFunction(torch.autograd.Function):
+    """y = x W^T + b + s (D(x) A^T) B^T with W frozen, as one autograd node (the same values and gradients as the
+    chain of modules PEFT runs, in less memory and time):
+    - forward: the low-rank term is added into the base output by one addmm (no separate [N, out] product,
+      scaling and sum); the dropout keep-mask is drawn as PEFT's nn.Dropout draws it (bernoulli(1 - p)) but kept
+      as bool, and D(x) = x * mask / (1 - p) is recomputed in backward instead of saved as a float copy per layer
+      (q, k and v share one input: autograd keeps x once for all three);
+    - backward: dx = g W + s ((g B) A) * mask / (1 - p), dA = s (g B)^T D(x), dB = s g^T (D(x) A^T), no dW
+      (frozen); a narrow base (bf16 / fp16 / int8) is dequantized again in backward rather than kept in float."""
+
+    @staticmethod
+    def forward(ctx, x, lora_a, lora_b, layer, p: float):
+        w = layer.base_weight().to(x.dtype)
+        keep = torch.empty_like(x).bernoulli_(1 - p).bool() if p > 0 else None
+        dropped = x * _noise(keep, p, x.dtype) if keep is not None else x
+        low = dropped.reshape(-1, x.shape[-1]) @ lora_a.t()  # [N, r]
+        y = F.linear(x, w, layer.base.bias)
+        y.view(-1, y.shape[-1]).addmm_(low, lora_b.t(), alpha=layer.scaling)
+        ctx.save_for_backward(x, keep, low, lora_a, lora_b)
+        ctx.layer, ctx.p = layer, p
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, keep, low, lora_a, lora_b = ctx.saved_tensors
+        layer, p, s = ctx.layer, ctx.p, ctx.layer.scaling
+        g = grad.reshape(-1, grad.shape[-1])
+        gb = g @ lora_b  # [N, r]
+        dx = da = db = None
+        if ctx.needs_input_grad[0]:
+            dx = g @ layer.base_weight().to(g.dtype)
+            if keep is None:
+                dx.addmm_(gb, lora_a, alpha=s)
+            else:
+                dx.addcmul_((gb @ lora_a).mul_(s), _noise(keep, p, g.dtype).reshape(dx.shape))
+            dx = dx.view(x.shape)
+        if ctx.needs_input_grad[1]:
+            dropped = x * _noise(keep, p, x.dtype) if keep is not None else x
+            da = (gb.t() @ dropped.reshape(-1, x.shape[-1])).mul_(s)
+        if ctx.needs_input_grad[2]:
+            db = (g.t() @ low).mul_(s)
+        return dx, da, db, None, None
 
 
 class LoRALinear(nn.Module):
@@ -116,8 +166,12 @@ class LoRALinear(nn.Module):
         return (self.lora_B.weight @ self.lora_A.weight) * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.lora_dropout.p if self.training and isinstance(self.lora_dropout, nn.Dropout) else 0.0
+        trains = x.requires_grad or self.lora_A.weight.requires_grad or self.lora_B.weight.requires_grad
+        if torch.is_grad_enabled() and trains and not torch.is_autocast_enabled(x.device.type):
+            return _LoRAFunction.apply(x, self.lora_A.weight, self.lora_B.weight, self, p)  # (autocast: modules)
         y = self.base(x) if self.base_dtype is None else F.linear(x, self.base_weight().to(x.dtype), self.base.bias)
-        return y + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
+        return y + self.lora_B(self.lora_A(F.dropout(x, p) if p else x)) * self.scaling
 
     def merged(self) -> nn.Linear:
         """The base Linear with the update folded into its weight (float32 when it was stored narrow)."""
@@ -343,7 +397,9 @@ def _target_modules(model: nn.Module) -> list[str]:
 
 
 def adapter_config(model: nn.Module, base_hash: str | None = None, info: dict | None = None) -> dict:
-    """adapter_config.json of the model's adapters: PEFT's keys, plus lmlab_base_sha256 and lmlab_info."""
+    """adapter_config.json of the model's adapters: PEFT's keys, plus lmlab_base_sha256 and lmlab_info;
+    base_model_name_or_path is the base run's directory where the model knows it (BASE_PATH), as PEFT records
+    the base it adapted."""
     layers = list(lora_layers(model).values())
     if not layers:
         raise LmlabError("the model has no LoRA layers; apply_lora(model, targets, ...) first.")
@@ -353,7 +409,8 @@ def adapter_config(model: nn.Module, base_hash: str | None = None, info: dict | 
                          "adapter_config.json holds one of each.")
     (rank, alpha, dropout), = settings
     config = {**PEFT_CONFIG, "r": rank, "lora_alpha": alpha, "lora_dropout": dropout,
-              "target_modules": _target_modules(model), "fan_in_fan_out": model.family == "gpt"}  # GPT-2's Conv1D
+              "target_modules": _target_modules(model), "fan_in_fan_out": model.family == "gpt",  # GPT-2's Conv1D
+              "base_model_name_or_path": getattr(model, BASE_PATH, None)}
     if base_hash is not None:
         config[HASH_KEY] = base_hash
     if info:
@@ -498,3 +555,19 @@ def merge_command(run, adapter, out) -> None:
         save_weights(unique_state_dict(model), tmp / WEIGHTS, 0, dataclasses.asdict(model.cfg))
         tokenizer.save(tmp / "tokenizer.json")
     print(f"wrote {out}: {run} with the adapter of {adapter} merged into {len(names)} layers")
+
+
+def load_adapted(directory, which: str = "best", device: str = "cpu"):
+    """(model, tokenizer) of a bare adapter directory (adapter_config.json + adapter_model.safetensors, no weights
+    of its own): the base run its base_model_name_or_path names, with the adapter merged in (lmlab.load does this
+    for such a directory, so every verb takes one)."""
+    from .checkpoint import is_run_dir, load
+
+    directory = Path(directory)
+    base = _read_config(directory / ADAPTER_CONFIG).get("base_model_name_or_path")
+    if not base or not is_run_dir(base):
+        raise LmlabError(f"{directory} holds an adapter for {base!r}, which is not an lmlab run here; give its base "
+                         f"run: lmlab.load(BASE, adapter='{directory}'), or `lmlab merge BASE --adapter {directory} "
+                         "--out RUN`.")
+    return load(base, which, device, adapter=directory)
+

@@ -308,7 +308,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
     if init is not None:
         load_init_weights(model, init)
     if cfg.train.lora_rank:
-        add_lora(model, cfg.train, run_dir if resume else None)
+        add_lora(model, cfg.train, run_dir if resume else None, init)
     if cfg.train.gradient_checkpointing:
         if not hasattr(model, "checkpoint_blocks"):
             raise LmlabError(f"train.gradient_checkpointing recomputes the blocks of a Transformer decoder (gpt, "
@@ -323,17 +323,21 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
     return summary
 
 
-def add_lora(model: torch.nn.Module, t: TrainConfig, resumed_run: Path | None = None) -> None:
-    """LoRA adapters on the layers train.lora_targets names (lmlab.lora); only they train. The base's hash, which
-    each checkpoint's adapter files carry, is taken once: from the weights, or from the run being resumed (whose
-    base weights only arrive with its checkpoint)."""
-    from .lora import HASH_KEY, apply_lora, record_base_hash
+def add_lora(model: torch.nn.Module, t: TrainConfig, resumed_run: Path | None = None,
+             init: str | Path | None = None) -> None:
+    """LoRA adapters on the layers train.lora_targets names (lmlab.lora); only they train. The base's hash and
+    directory (`init`), which each checkpoint's adapter files carry, are taken once: from the weights and `init`,
+    or from the run being resumed (whose base weights only arrive with its checkpoint)."""
+    from .lora import BASE_PATH, HASH_KEY, apply_lora, record_base_hash
 
     saved = resumed_run / "adapter_config.json" if resumed_run is not None else None
     if saved is not None and saved.is_file():
-        setattr(model, HASH_KEY, read_json(saved).get(HASH_KEY))
+        config = read_json(saved)
+        setattr(model, HASH_KEY, config.get(HASH_KEY))
+        setattr(model, BASE_PATH, config.get("base_model_name_or_path"))
     else:
         record_base_hash(model)
+        setattr(model, BASE_PATH, str(Path(init).resolve()) if init is not None else None)
     apply_lora(model, *lora_arguments(t))
 
 
