@@ -85,29 +85,58 @@ class _One(torch.nn.Module):
 
 
 def test_a_lora_linear_equals_peft_s_layer_output_and_gradients():
+    """Training (lmlab's fused autograd node) and evaluation, against peft's LoRA layer with the same weights."""
     torch.manual_seed(0)
     base = torch.nn.Linear(16, 12)
-    ours = LoRALinear(copy.deepcopy(base), rank=4, alpha=8, dropout=0.25)
+    ours = LoRALinear(copy.deepcopy(base), rank=4, alpha=8, dropout=0.0)
     randomize(ours)
     theirs = peft.get_peft_model(_One(copy.deepcopy(base)), peft.LoraConfig(
-        r=4, lora_alpha=8, lora_dropout=0.25, target_modules=["lin"])).base_model.model.lin
+        r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["lin"])).base_model.model.lin
     with torch.no_grad():
         theirs.lora_A["default"].weight.copy_(ours.lora_A.weight)
         theirs.lora_B["default"].weight.copy_(ours.lora_B.weight)
-    x, g = torch.randn(3, 5, 16), torch.randn(3, 5, 12)
-    for train in (True, False):  # dropout on (the same mask from the same seed), then off
+    x, g = torch.randn(3, 5, 16, requires_grad=True), torch.randn(3, 5, 12)
+    for train in (True, False):
         ours.train(train), theirs.train(train)
-        outputs = []
+        outputs, input_grads = [], []
         for layer in (ours, theirs):
-            torch.manual_seed(1)
             y = layer(x)
             (y * g).sum().backward()
             outputs.append(y.detach())
+            input_grads.append(x.grad)
+            x.grad = None
         assert (outputs[0] - outputs[1]).abs().max() <= 1e-6
+        assert (input_grads[0] - input_grads[1]).abs().max() <= 1e-6
         for mine, peft_s in ((ours.lora_A, theirs.lora_A["default"]), (ours.lora_B, theirs.lora_B["default"])):
             assert (mine.weight.grad - peft_s.weight.grad).abs().max() <= 1e-6 and mine.weight.grad.abs().sum() > 0
             mine.weight.grad = peft_s.weight.grad = None
     assert ours.base.weight.grad is None and ours.scaling == 2.0
+
+
+def test_dropout_in_the_fused_layer_is_the_lora_formula_with_its_mask():
+    """With dropout, the fused node's output and gradients are those of base(x) + s B A (x * mask / (1 - p)) under
+    plain autograd, with the mask keep_mask draws from the same seed; the mask keeps 1 - p of the entries."""
+    from lmlab.lora import keep_mask
+
+    torch.manual_seed(0)
+    layer = LoRALinear(torch.nn.Linear(16, 12), rank=4, alpha=8, dropout=0.25).train()
+    randomize(layer)
+    x, g = torch.randn(3, 5, 16, requires_grad=True), torch.randn(3, 5, 12)
+    torch.manual_seed(7)
+    y = layer(x)
+    (y * g).sum().backward()
+    got = [y.detach(), x.grad, layer.lora_A.weight.grad, layer.lora_B.weight.grad]
+    x.grad = layer.lora_A.weight.grad = layer.lora_B.weight.grad = None
+    torch.manual_seed(7)
+    mask = keep_mask(x, 0.25)
+    want_y = layer.base(x) + layer.lora_B(layer.lora_A(x * mask / 0.75)) * layer.scaling
+    (want_y * g).sum().backward()
+    want = [want_y.detach(), x.grad, layer.lora_A.weight.grad, layer.lora_B.weight.grad]
+    for a, b in zip(got, want):  # (float32 rounding: the sums run in another order)
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    assert 0.0 < float((mask == 0).float().mean()) < 1.0
+    rate = float(keep_mask(torch.empty(1000, 1000), 0.05).float().mean())
+    assert abs(rate - 0.95) < 0.002  # (5 sigma of 1e6 draws is 0.0011)
 
 
 def test_a_fresh_lora_linear_starts_as_peft_does():

@@ -315,12 +315,11 @@ def finetune(run, data, out, val=None, fmt: str | None = None, chat_template=Non
     adapters (rank 8 on q, k, v, o, gate, up, down unless train.lora_* say otherwise), or every weight with
     `full`; `pack`: several examples per row; `nproc` > 1: the data is prepared once, then that many training
     processes start (torchrun, DDP)."""
+    from .. import distributed
     from ..chat import load_template
     from ..runs import init_config
     from ..tokenizer import load_tokenizer
     from ..train import train
-
-    from .. import distributed
 
     distributed.check_launcher(nproc, "lmlab finetune")
     out = Path(out)
