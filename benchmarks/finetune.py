@@ -133,8 +133,8 @@ def lmlab_worker(args, full: bool, out: Path) -> dict:
         index = self.step  # (grad_accum 1, one process: the step's data index)
         loss, tokens, stop = step(self)
         probe.step_end()
-        ids = self.data.split("train")[0]
-        record["tokens"].append(int(sum(len(ids[r]) - 1 for r in self.data._splits["train"][2].rows(index))))
+        inputs = self.data.split("train")[0]  # (SFTBatches: each example's x, its ids but the last)
+        record["tokens"].append(int(sum(len(inputs[r]) for r in self.data.rows("train", index))))
         record["padded_tokens"].append(tokens)  # lmlab's own count (count_tokens: x.numel())
         record["losses"].append(loss)
         return loss, tokens, stop
