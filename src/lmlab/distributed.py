@@ -283,4 +283,3 @@ def train_processes(argv: list[str], nproc: int, run: Path, progress: bool) -> d
     """`lmlab <argv>` (a train command) in nproc processes (launch); the summary of what they trained."""
     launch(argv + ([] if progress else ["--quiet"]), nproc)
     return {"step": weights_step(Path(run) / WEIGHTS)}
-
