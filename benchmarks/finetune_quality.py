@@ -44,7 +44,7 @@ SYNOPSIS_QUESTION = ("Here is the description of a Debian package:\n\n{text}\n\n
                      "synopsis: a short phrase of about seven words.")
 
 
-def lmlab(*args, stdin: str | None = None) -> str:
+def run_cli(*args, stdin: str | None = None) -> str:
     """Run an lmlab command; its stdout (exits with its stderr when it fails)."""
     r = subprocess.run([sys.executable, "-m", "lmlab.cli", *map(str, args)], input=stdin, capture_output=True,
                        text=True)
@@ -63,7 +63,7 @@ def finetune(run: Path, train: Path, out: Path, steps: int, extra=()) -> float:
     """`lmlab finetune` (LoRA r8 on every projection), its wall time in seconds."""
     start = time.perf_counter()
     if not (out / "model.safetensors").exists():
-        lmlab("finetune", run, "--data", train, "--out", out, "--quiet", *LORA_ARGS, "--train.max_iters", steps,
+        run_cli("finetune", run, "--data", train, "--out", out, "--quiet", *LORA_ARGS, "--train.max_iters", steps,
               "--train.eval_interval", steps, "--train.eval_iters", 4, "--train.tensorboard", "false", *extra)
     return time.perf_counter() - start
 
@@ -250,10 +250,11 @@ def chitchat(args, run: Path, out: Path) -> dict:
     result["sft_s"] = finetune(run, train_file, tuned, args.steps)
     result["ppl_after"], result["ppl_after_s"] = perplexity(tuned)
     print(f"after LoRA SFT ({args.steps} steps, {result['sft_s']:.0f} s): {result['ppl_after']:.2f}", flush=True)
+    (out / "chitchat.json").write_text(json.dumps(result, indent=2) + "\n")  # kept if a chat below fails
     samples = []
     for opening in ("hi! how was your weekend?", "what kind of music do you like?", "i'm so tired of winter already"):
         for name, run_dir in (("before", run), ("after", tuned)):
-            reply = lmlab("chat", run_dir, "--temperature", 0, "--max-new-tokens", 60, stdin=opening).strip()
+            reply = run_cli("chat", run_dir, "--temperature", 0, "--max-new-tokens", 60, stdin=opening).strip()
             samples.append({"user": opening, "model": name, "reply": reply})
             print(f"[{name}] user: {opening}\n[{name}] assistant: {reply}", flush=True)
     result["samples"] = samples
@@ -345,16 +346,16 @@ def seq2seq_synopses(args, out: Path, src: list[str]) -> tuple[list[str], float]
     start = time.perf_counter()
     folder, run = SHARED / "debian-descriptions", out / "synopses-seq2seq"
     if not (out / "synopses-data" / "meta.json").exists():
-        lmlab("seq2seq", "prepare", "--src", folder / "train.src", "--tgt", folder / "train.tgt", "--val-src",
+        run_cli("seq2seq", "prepare", "--src", folder / "train.src", "--tgt", folder / "train.tgt", "--val-src",
               folder / "valid.src", "--val-tgt", folder / "valid.tgt", "--vocab-size", 8000, "--out",
               out / "synopses-data")
     if not (run / "model.safetensors").exists():
-        lmlab("seq2seq", "train", "--config", REPO / "configs" / "synopses.yaml", "--out", run, "--quiet",
+        run_cli("seq2seq", "train", "--config", REPO / "configs" / "synopses.yaml", "--out", run, "--quiet",
               "--data.dir", out / "synopses-data", "--train.max_iters", args.seq2seq_steps,
               "--train.eval_interval", max(1, args.seq2seq_steps // 4))
     source = out / "synopses-test.src"
     source.write_text("\n".join(src) + "\n", encoding="utf-8")
-    text = lmlab("seq2seq", "translate", run, "--input", source, "--max-new-tokens", 24)
+    text = run_cli("seq2seq", "translate", run, "--input", source, "--max-new-tokens", 24)
     return text.splitlines(), time.perf_counter() - start
 
 
