@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo demo-zh test bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-nodeps.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-nodeps.txt pyprojec
 
 demo: $(STAMP)
 	$(VENV)/bin/lmlab demo
+
+# The same demo on People's Daily 1998 (Chinese characters), in Chinese (README.zh.md).
+demo-zh: $(STAMP)
+	$(VENV)/bin/lmlab demo --zh --out runs/demo-zh
 
 # pytest exits 5 when it collects no test; make then fails, so "no tests" never passes silently.
 test: $(STAMP)

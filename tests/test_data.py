@@ -149,7 +149,7 @@ def test_bad_inputs(tmp_path):
         (dict(tokenizer="words"), r"Unknown tokenizer 'words'"),
         (dict(tokenizer="bpe"), r"bpe tokenizer needs vocab_size >= 257.*got no vocab_size"),
         (dict(tokenizer="bpe", vocab_size=100), r"got vocab_size 100"),
-        (dict(tokenizer="char", vocab_size=100), r"only to bpe"),
+        (dict(tokenizer="byte", vocab_size=100), r"does not apply to the byte tokenizer"),
         (dict(source=write(tmp_path / "one.txt", "a single line without a break")), r"no line break after 90%"),
     ]
     (tmp_path / "emptydir").mkdir()

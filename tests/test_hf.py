@@ -314,7 +314,7 @@ def test_prepare_tokenizer_path_errors(tmp_path, capsys):
     text = tmp_path / "t.txt"
     text.write_text("hello\nworld\n")
     assert_user_error(*run_main(["prepare", text, "--tokenizer", tmp_path / "nope.json", "--out", tmp_path / "d"],
-                                capsys), "neither char, byte, word, bpe nor an existing")
+                                capsys), "neither char, byte, word, jieba, bpe, char-bpe nor an existing")
     train_tokenizer("byte", []).save(tmp_path / "tok.json")
     assert_user_error(*run_main(["prepare", text, "--tokenizer", tmp_path / "tok.json", "--vocab-size", "300",
                                  "--out", tmp_path / "d"], capsys), "--vocab-size")

@@ -324,7 +324,7 @@ def test_training_errors(tmp_path, shakespeare_lines):
         NGramLM.train(small, order=5, progress=False)
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("ok line\nna\xefve caf\xe9\n".encode("latin-1"))
-    with pytest.raises(LmlabError, match=r"latin1.txt:2: not valid utf-8"):
+    with pytest.raises(LmlabError, match=r"latin1.txt is not utf-8 text \(bad byte 0x.. at byte offset \d+, line 2\)"):
         NGramLM.train(latin1, progress=False)
     specials = tmp_path / "specials.txt"
     specials.write_text("a b\nc <unk> d\n", encoding="utf-8")

@@ -23,6 +23,7 @@ import pytest
 from conftest import ENV, ROOT, write_config
 
 PACKAGE_DATA = ["lmlab/models/decode_kernels.cpp", "lmlab/texts/tinyshakespeare.txt",
+                "lmlab/texts/peoples-daily-1998.txt",
                 *(f"lmlab/serve/static/{p.name}" for p in (ROOT / "src/lmlab/serve/static").iterdir()),
                 *(f"lmlab/configs/{p.name}" for p in (ROOT / "src/lmlab/configs").glob("*.yaml"))]
 
@@ -93,7 +94,7 @@ def test_the_wheel_holds_the_kernel_source_configs_demo_text_and_playground(whee
 _WHERE = """
 import json, lmlab, lmlab.demo as demo, lmlab.models.kernels as kernels, lmlab.serve.app as app
 print(json.dumps({"lmlab": lmlab.__file__, "source": str(kernels.SOURCE), "static": str(app.STATIC),
-                  "demo": [str(demo.TEXT), str(demo.CONFIG)], "kernels": kernels.available()}))
+                  "demo": [str(demo.TEXT), str(demo.CONFIG), str(demo.CHINESE.text)], "kernels": kernels.available()}))
 """
 
 

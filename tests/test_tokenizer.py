@@ -120,6 +120,15 @@ def test_bad_tokenizer_files(tmp_path):
         load_tokenizer(tmp_path)
 
 
+def test_char_vocab_size_keeps_the_most_frequent_characters_and_u_fffd():
+    tok = train_tokenizer("char", ["人民人民人民日报报，"], vocab_size=4)
+    assert tok.vocab == ["人", "报", "民", "\ufffd"]  # 人 民 3 times, 报 twice; 日 and ， once: U+FFFD
+    assert tok.decode(tok.encode("人民日报，新")) == "人民\ufffd报\ufffd\ufffd"
+    full = train_tokenizer("char", ["人民日报"])
+    with pytest.raises(LmlabError, match="not in this char tokenizer's vocabulary"):
+        full.encode("新")
+
+
 def test_bad_training_arguments():
     with pytest.raises(LmlabError, match="vocab_size >= 257"):
         train_tokenizer("bpe", ["some text"], vocab_size=256)
@@ -127,8 +136,10 @@ def test_bad_training_arguments():
         train_tokenizer("bpe", ["some text"])
     with pytest.raises(LmlabError, match="Unknown tokenizer kind 'wordpiece'"):
         train_tokenizer("wordpiece", ["some text"])
-    with pytest.raises(LmlabError, match="only to bpe"):
-        train_tokenizer("char", ["some text"], vocab_size=500)
+    with pytest.raises(LmlabError, match="does not apply to the byte tokenizer"):
+        train_tokenizer("byte", ["some text"], vocab_size=500)
+    with pytest.raises(LmlabError, match="char tokenizer needs vocab_size >= 2"):
+        train_tokenizer("char", ["some text"], vocab_size=1)
     with pytest.raises(LmlabError, match="no text"):
         train_tokenizer("char", [])
 

@@ -97,9 +97,13 @@ class Verb:
 VERBS = {
     "prepare": Verb("tokenize a text file or directory into train.bin / val.bin", "data:prepare_command", {
         "source": opt("source", help="text file or directory"),
-        "tokenizer": opt("--tokenizer", metavar="char|byte|word|bpe|TOKENIZER", help="word: whitespace-separated words "
-                         "+ newline, unseen words -> <unk>; or an existing tokenizer.json / run directory to reuse"),
-        "vocab_size": opt("--vocab-size", type=int, help="BPE vocabulary size (e.g. 4096); word: an optional maximum"),
+        "tokenizer": opt("--tokenizer", metavar="char|byte|word|jieba|bpe|char-bpe|TOKENIZER", help="word: "
+                         "whitespace-separated words + newline, unseen words -> <unk>; jieba: Chinese words cut by "
+                         "jieba (rjieba); bpe: byte-level BPE; char-bpe: BPE over characters, no byte pieces; or an "
+                         "existing tokenizer.json / run directory to reuse"),
+        "vocab_size": opt("--vocab-size", type=int, help="BPE vocabulary size (e.g. 4096); word, jieba: an optional "
+                          "maximum; char: keep the N-1 most frequent characters, U+FFFD for the rest"),
+        "encoding": opt("--encoding", help="text encoding of the files (default utf-8; gb18030 for GBK Chinese)"),
         "val_fraction": opt("--val-fraction", type=float, help="last fraction of the text kept for validation"),
         "out": opt("--out", required=True, help="output directory"),
         "workers": opt("--workers", type=int, metavar="N", help="processes reading and encoding the text (same output)"),
@@ -182,8 +186,9 @@ VERBS = {
         "train": Verb("count and estimate an n-gram model (lmplz)", "models.ngram.verbs:train_command", {
             "order": opt("-o", "--order", type=int), "data": opt("--data", required=True, help="training text"),
             "out": opt("--out", required=True, help="model file: .arpa (KenLM/SRILM readable) or .npz (fast reload)"),
-            "tokenizer": opt("--tokenizer", metavar="word|char|TOKENIZER", help="word (as lmplz), char, or a run's "
-                             "tokenizer.json / run directory: n-grams of its token ids, to mix with that run"),
+            "tokenizer": opt("--tokenizer", metavar="word|char|jieba|TOKENIZER", help="word (as lmplz), char, "
+                             "jieba (Chinese words), or a run's tokenizer.json / run directory: n-grams of its token "
+                             "ids, to mix with that run"),
             "smoothing": opt("--smoothing", choices=["mkn", "add-k", "witten-bell"]),
             "k": opt("-k", type=float, help="k for add-k smoothing"),
             "discount_fallback": opt("--discount-fallback", nargs="*", type=float, metavar="D", help="when the "
@@ -228,6 +233,8 @@ VERBS = {
                              "log P(text | label) added to the head's logits (weights fitted on validation)"),
             "dropout": opt("--dropout", type=float),
             "vocab_size": opt("--vocab-size", type=int, help="vocabulary of a tokenizer built from --train"),
+            "tokenizer": opt("--tokenizer", choices=["word", "char", "jieba"], help="lstm: the tokens it reads "
+                             "(default word; char or jieba for Chinese)"),
             "group_by_length": opt("--group-by-length", action=argparse.BooleanOptionalAction,
                                    help="batch texts of similar length together (default on)"),
         }, (COLUMNS, DEVICE, QUIET), overrides=True),
@@ -297,6 +304,8 @@ VERBS = {
         "dtype": DTYPE}, (DEVICE,)),
     "demo": Verb("prepare Tiny Shakespeare, train a small GPT (~2-3 min), evaluate, sample", "demo:run_demo", {
         "out": opt("--out", help="where the demo writes its data and run (default runs/demo)"),
+        "zh": opt("--zh", action="store_true", help="the demo on People's Daily 1998 (Chinese characters), in "
+                  "Chinese"),
         "max_iters": opt("--max-iters", type=int)}),
 }
 TOPICS = {"ngram": "n-gram LMs like KenLM: train (lmplz) an ARPA file, query it",

@@ -35,7 +35,8 @@ from tqdm import tqdm
 
 from .errors import LmlabError
 from .files import CONVERT, atomic_write_json, not_text_error, read_json
-from .tokenizer import SETTINGS_FILE, Tokenizer, check_tokenizer_args, load_tokenizer, train_tokenizer
+from .tokenizer import (SETTINGS_FILE, TOKENIZER_KINDS, WORD_TOKENIZERS, Tokenizer, check_tokenizer_args,
+                        load_tokenizer, train_tokenizer)
 
 if TYPE_CHECKING:
     import torch
@@ -66,20 +67,23 @@ def _source_files(source: Path, out_dir: Path) -> list[Path]:
     return files
 
 
-def _read_lines(path: Path) -> Iterator[tuple[str, int]]:
-    """Yield (line, its size in bytes) for a UTF-8 file, keeping line endings exactly as they are."""
-    offset = 0
+def _read_lines(path: Path, encoding: str = "UTF-8") -> Iterator[tuple[str, int]]:
+    """Yield (line, its size in bytes) of a text file in `encoding`, keeping line endings exactly as they are."""
+    offset, non_ascii = 0, False
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode(encoding)
             except UnicodeDecodeError as e:
-                raise not_text_error(path, raw[e.start], offset + e.start, lineno, fix=NOT_TEXT_FIX) from None
+                raise not_text_error(path, raw, e.start, offset + e.start, lineno, encoding, NOT_TEXT_FIX,
+                                     non_ascii) from None
             offset += len(raw)
+            non_ascii = non_ascii or not line.isascii()
             yield line, len(raw)
 
 
-def _pieces(files: list[Path], chunk_chars: int, split_at: int) -> Iterator[tuple[str, str, bool]]:
+def _pieces(files: list[Path], chunk_chars: int, split_at: int, encoding: str = "UTF-8"
+            ) -> Iterator[tuple[str, str, bool]]:
     """Yield (split, text, starts_document) pieces of about `chunk_chars` characters, in corpus order.
 
     A piece ends at a document end, at the train/val cut (the end of the line reaching byte
@@ -92,7 +96,7 @@ def _pieces(files: list[Path], chunk_chars: int, split_at: int) -> Iterator[tupl
     for path in files:
         buf: list[str] = []
         size, first = 0, True
-        for line, nbytes in _read_lines(path):
+        for line, nbytes in _read_lines(path, encoding):
             if size >= chunk_chars and size > 1 and not line[:1].isspace():
                 # buf ends with the previous line's "\n": cut before it, it starts the next piece.
                 yield split, "".join(buf)[:-1], first
@@ -112,6 +116,18 @@ def _pieces(files: list[Path], chunk_chars: int, split_at: int) -> Iterator[tupl
 # ---------------------------------------------------------------------------------------------
 
 
+def _check_encoding(encoding: str) -> None:
+    import codecs
+
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise LmlabError(f"unknown text encoding {encoding!r}; use utf-8, gb18030, cp1252 or latin-1.") from None
+    if "\n".encode(encoding) != b"\n":
+        raise LmlabError(f"prepare reads files line by line and cannot read {encoding}; convert them to UTF-8 "
+                         "first (e.g. `iconv -t UTF-8`).")
+
+
 def _dtype_for(vocab_size: int) -> str:
     return "uint16" if vocab_size <= 1 << 16 else "uint32"
 
@@ -127,37 +143,38 @@ def _bar(progress: bool, total: int, desc: str) -> tqdm:
     return tqdm(total=total, desc=desc, unit="B", unit_scale=True, file=sys.stderr, disable=not progress, leave=False)
 
 
-def _texts(files, chunk_chars, split_at, bar) -> Iterator[str]:
+def _texts(files, chunk_chars, split_at, bar, encoding) -> Iterator[str]:
     """Just the text of every piece, advancing `bar` by its bytes."""
-    for _, text, _ in _pieces(files, chunk_chars, split_at):
+    for _, text, _ in _pieces(files, chunk_chars, split_at, encoding):
         bar.update(len(text.encode("utf-8")))
         yield text
 
 
-def _build_tokenizer(tokenizer, vocab_size, files, chunk_chars, split_at, total, progress) -> Tokenizer:
+def _build_tokenizer(tokenizer, vocab_size, files, chunk_chars, split_at, total, progress, encoding) -> Tokenizer:
     """A Tokenizer instance or a path to tokenizer.json is used as is; a kind is trained (first pass)."""
     if isinstance(tokenizer, Tokenizer):
         return tokenizer
     if isinstance(tokenizer, os.PathLike) or (isinstance(tokenizer, str) and tokenizer.endswith(".json")):
         return load_tokenizer(tokenizer)
-    if tokenizer not in ("char", "byte", "word", "bpe"):
+    if tokenizer not in TOKENIZER_KINDS:
         raise LmlabError(
-            f"Unknown tokenizer {tokenizer!r}; use 'char', 'byte', 'word', 'bpe' or the path of a tokenizer.json."
+            f"Unknown tokenizer {tokenizer!r}; use {', '.join(map(repr, TOKENIZER_KINDS))} or the path of a "
+            "tokenizer.json."
         )
     if tokenizer == "byte":
         return train_tokenizer("byte", [], vocab_size)  # nothing to learn: skip the first pass
     check_tokenizer_args(tokenizer, vocab_size)  # fail before reading the corpus
     with _bar(progress, total, f"{tokenizer} vocab") as bar:
-        return train_tokenizer(tokenizer, _texts(files, chunk_chars, split_at, bar), vocab_size)
+        return train_tokenizer(tokenizer, _texts(files, chunk_chars, split_at, bar, encoding), vocab_size)
 
 
-def _encode_to(tmp: Path, tok: Tokenizer, files, chunk_chars, split_at, total, progress) -> dict:
+def _encode_to(tmp: Path, tok: Tokenizer, files, chunk_chars, split_at, total, progress, encoding) -> dict:
     """Second pass: encode piece by piece, appending to tmp/train.bin and tmp/val.bin; return counts."""
     dtype = np.dtype(_dtype_for(tok.vocab_size))
     counts = {s: {"tokens": 0, "chars": 0, "bytes": 0} for s in SPLITS}
     first_doc = True
     with _split_files(tmp) as outs, _bar(progress, total, "encode") as bar:
-        for split, text, starts_doc in _pieces(files, chunk_chars, split_at):
+        for split, text, starts_doc in _pieces(files, chunk_chars, split_at, encoding):
             ids = tok.encode(text)
             if starts_doc and tok.eot_id is not None and not first_doc:
                 ids = [tok.eot_id] + ids  # documents are separated by end-of-text
@@ -187,21 +204,23 @@ def _split_files(tmp: Path) -> Iterator[dict]:
             f.close()
 
 
-def _prepare_with_workers(tmp, tokenizer, vocab_size, files, chunk_chars, split_at, total, progress, workers):
+def _prepare_with_workers(tmp, tokenizer, vocab_size, files, chunk_chars, split_at, total, progress, workers,
+                          encoding):
     """Both passes with `workers` processes over byte ranges of the text (BPE's vocabulary is still learned in
     this process: the `tokenizers` trainer runs its own threads)."""
     from . import prepare_workers as pw
 
     ranges = pw.plan(files, split_at)
-    if tokenizer in ("char", "word"):
+    if tokenizer in ("char", *WORD_TOKENIZERS):
         check_tokenizer_args(tokenizer, vocab_size)
         with _bar(progress, total, f"{tokenizer} vocab") as bar:
-            tok = pw.train_vocab(tokenizer, ranges, workers, vocab_size, bar)
+            tok = pw.train_vocab(tokenizer, ranges, workers, vocab_size, bar, encoding)
     else:
-        tok = _build_tokenizer(tokenizer, vocab_size, files, chunk_chars, split_at, total, progress)
+        tok = _build_tokenizer(tokenizer, vocab_size, files, chunk_chars, split_at, total, progress, encoding)
     counts = {s: {"tokens": 0, "chars": 0, "bytes": 0} for s in SPLITS}
     with _split_files(tmp) as outs, _bar(progress, total, "encode") as bar:
-        pw.encode(tok, ranges, outs, counts, chunk_chars, np.dtype(_dtype_for(tok.vocab_size)), workers, bar)
+        pw.encode(tok, ranges, outs, counts, chunk_chars, np.dtype(_dtype_for(tok.vocab_size)), workers, bar,
+                  encoding)
     return tok, counts
 
 
@@ -214,12 +233,13 @@ def prepare(
     chunk_chars=1 << 16,
     progress=True,
     workers=1,
+    encoding="UTF-8",
 ) -> dict:
     """Tokenize a text file or a directory of them into out_dir (train.bin, val.bin, tokenizer.json, meta.json).
 
-    `tokenizer` is a kind ("char", "byte", "word", "bpe": built from this text; bpe needs `vocab_size`, for
-    word it is an optional maximum), a
-    path to an existing tokenizer.json, or a Tokenizer. Each file of a directory is one document;
+    `tokenizer` is a kind ("char", "byte", "word", "jieba", "bpe": built from this text; bpe needs `vocab_size`,
+    for word and jieba it is an optional maximum), a path to an existing tokenizer.json, or a Tokenizer.
+    `encoding`: the files' text encoding (gb18030 for GBK Chinese text, say); bytes per token count UTF-8. Each file of a directory is one document;
     documents are separated by the tokenizer's end-of-text id when it has one (bpe), else simply
     concatenated. Output appears all at once: files are written to a temporary directory and moved
     into place at the end (meta.json last), so a failure leaves any previous output untouched.
@@ -228,6 +248,7 @@ def prepare(
     Returns the meta dict (also written to meta.json).
     """
     _check_args(val_fraction, chunk_chars)
+    _check_encoding(encoding)
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise LmlabError(f"workers must be a positive integer, got {workers!r}.")
     source, out_dir = Path(source).resolve(), Path(out_dir).resolve()
@@ -243,10 +264,10 @@ def prepare(
     try:
         if workers > 1:
             tok, counts = _prepare_with_workers(tmp, tokenizer, vocab_size, files, chunk_chars, split_at, total,
-                                                progress, workers)
+                                                progress, workers, encoding)
         else:
-            tok = _build_tokenizer(tokenizer, vocab_size, files, chunk_chars, split_at, total, progress)
-            counts = _encode_to(tmp, tok, files, chunk_chars, split_at, total, progress)
+            tok = _build_tokenizer(tokenizer, vocab_size, files, chunk_chars, split_at, total, progress, encoding)
+            counts = _encode_to(tmp, tok, files, chunk_chars, split_at, total, progress, encoding)
         if val_fraction > 0 and counts["val"]["tokens"] == 0:
             raise LmlabError(
                 f"{source} has no line break after {1 - val_fraction:.0%} of its text, so the val split would be "
@@ -441,18 +462,18 @@ class TokenStreams(_SplitBatches):
 
 
 def prepare_command(source, out, tokenizer: str = "char", vocab_size: int | None = None, val_fraction: float = 0.1,
-                    workers: int = 1, quiet: bool = False) -> None:
-    """`lmlab prepare`: `tokenizer` is a kind to build from the text (char, byte, word, bpe) or an existing
+                    workers: int = 1, quiet: bool = False, encoding: str | None = None) -> None:
+    """`lmlab prepare`: `tokenizer` is a kind to build from the text (char, byte, word, jieba, bpe) or an existing
     tokenizer.json / run directory to reuse; prints what was written."""
-    if tokenizer not in ("char", "byte", "word", "bpe"):
+    if tokenizer not in TOKENIZER_KINDS:
         if not Path(tokenizer).exists():
-            raise LmlabError(f"--tokenizer {tokenizer!r} is neither char, byte, word, bpe nor an existing "
+            raise LmlabError(f"--tokenizer {tokenizer!r} is neither {', '.join(TOKENIZER_KINDS)} nor an existing "
                              "tokenizer.json or run directory.")
         if vocab_size is not None:
             raise LmlabError("--vocab-size builds a new tokenizer; leave it out when reusing one with "
                              "--tokenizer PATH.")
         tokenizer = load_tokenizer(tokenizer)
     meta = prepare(source, out, tokenizer=tokenizer, vocab_size=vocab_size, val_fraction=val_fraction,
-                   progress=not quiet, workers=workers)
+                   progress=not quiet, workers=workers, encoding=encoding or "UTF-8")
     print(f"wrote {out}: vocab {meta['vocab_size']}, train {meta['train']['tokens']:,} tokens, "
           f"val {meta['val']['tokens']:,} tokens ({meta['dtype']})")

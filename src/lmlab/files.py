@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -94,11 +95,36 @@ def staged_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
 CONVERT = "convert it to UTF-8 (e.g. `iconv -t UTF-8`)"
 
 
-def not_text_error(path, bad_byte: int, offset: int, line: int, encoding: str = "UTF-8",
-                   fix: str = CONVERT) -> LmlabError:
-    """The one sentence for a file that does not decode: where the first bad byte is, and what to do."""
-    return LmlabError(f"{path} is not {encoding} text (bad byte 0x{bad_byte:02x} at byte offset {offset}, "
-                      f"line {line}); {fix}.")
+def not_text_error(path, raw: bytes, pos: int, offset: int, line: int, encoding: str = "UTF-8",
+                   fix: str = CONVERT, earlier_non_ascii: bool | None = None) -> LmlabError:
+    """The one sentence for a file that does not decode: where the first bad byte is (raw[pos], at byte `offset`
+    of the file, on `line`), and what to do. A UTF-8 failure on a line that reads as GB18030 / GBK Chinese says
+    so: pass --encoding gb18030, or, when earlier lines held UTF-8 beyond ASCII (`earlier_non_ascii`; None: look
+    in raw before the line), the file mixes encodings and that line is the one to convert."""
+    start = raw.rfind(b"\n", 0, pos) + 1
+    end = raw.find(b"\n", pos)
+    hint = ""
+    if encoding.lower().replace("-", "").replace("_", "") in ("utf8", "utf8sig") and _reads_as_chinese(
+            raw[start:end if end >= 0 else len(raw)], "gb18030"):
+        if earlier_non_ascii is None:
+            earlier_non_ascii = any(b > 127 for b in raw[:start])
+        hint = (f"; line {line} reads as GB18030 / GBK Chinese while the lines before it are UTF-8: the file mixes "
+                f"encodings, convert that line (e.g. `iconv -f gb18030 -t UTF-8`)" if earlier_non_ascii else
+                "; it reads as GB18030 / GBK Chinese text: pass --encoding gb18030")
+    return LmlabError(f"{path} is not {encoding} text (bad byte 0x{raw[pos]:02x} at byte offset {offset}, "
+                      f"line {line}){hint or '; ' + fix}.")
+
+
+def _reads_as_chinese(data: bytes, encoding: str) -> bool:
+    """Whether `data` decodes strictly as `encoding` (GB18030) into Chinese: CJK ideographs, and high bytes in pairs
+    (common GBK characters have both bytes >= 0x80; a Latin-1 or cp1252 letter is one high byte before ASCII)."""
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError:
+        return False
+    paired = len(re.findall(rb"[\x81-\xfe][\x80-\xfe]", data))
+    lone = len(re.findall(rb"[\x80-\xff](?![\x80-\xff])", data))  # high bytes followed by ASCII
+    return paired >= 2 and paired >= 4 * lone and any("\u4e00" <= c <= "\u9fff" for c in text)
 
 
 def read_text(path: str | os.PathLike, encoding: str = "UTF-8", *, empty_ok: bool = False,
@@ -114,7 +140,7 @@ def read_text(path: str | os.PathLike, encoding: str = "UTF-8", *, empty_ok: boo
     try:
         text = raw.decode(encoding)
     except UnicodeDecodeError as e:
-        raise not_text_error(path, raw[e.start], e.start, raw.count(b"\n", 0, e.start) + 1, encoding, fix) from None
+        raise not_text_error(path, raw, e.start, e.start, raw.count(b"\n", 0, e.start) + 1, encoding, fix) from None
     except LookupError:
         raise LmlabError(f"unknown text encoding {encoding!r}; use utf-8, cp1252 or latin-1.") from None
     if not text and not empty_ok:

@@ -10,6 +10,7 @@ whatever the size of the text.
 from __future__ import annotations
 
 import bisect
+import codecs
 import multiprocessing
 import os
 import re
@@ -163,18 +164,18 @@ def _init(tokenizer_json: str | None) -> None:
         _tok = tokenizer_from_str(tokenizer_json)
 
 
-def _read(r: Range) -> str:
+def _read(r: Range, encoding: str) -> str:
     with open(r.path, "rb") as f:
         f.seek(r.start)
         raw = f.read(r.end - r.start)
     try:
-        return raw.decode("utf-8")
+        return raw.decode(encoding)
     except UnicodeDecodeError as e:
         offset = r.start + e.start
         lineno = _count_newlines(r.path, offset) + 1  # as the one-process reader reports it
         from .data import NOT_TEXT_FIX
 
-        raise not_text_error(r.path, raw[e.start], offset, lineno, fix=NOT_TEXT_FIX) from None
+        raise not_text_error(r.path, raw, e.start, offset, lineno, encoding, NOT_TEXT_FIX) from None
 
 
 def _count_newlines(path: Path, end: int) -> int:
@@ -203,26 +204,27 @@ def _pieces(text: str, chunk_chars: int) -> Iterator[str]:
 
 def _vocab(args) -> tuple[str, object]:
     """First pass of a char or word tokenizer over one range: its characters, or its word counts."""
-    r, kind = args
-    text = _read(r)
+    r, kind, encoding = args
+    text = _read(r, encoding)
     if kind == "char":
-        return kind, set(text)
-    from .tokenizer import split_words
+        return kind, Counter(text)
+    from .tokenizer import WORD_TOKENIZERS
 
-    return kind, Counter(split_words(text.replace("\n", " ")))
+    return kind, Counter(WORD_TOKENIZERS[kind].text_words(text))
 
 
 def _encode(args) -> tuple[np.ndarray, int, int]:
     """Ids of one range (end-of-text first if it starts a document after the first), its chars and bytes."""
-    r, first_doc, chunk_chars, dtype = args
-    text = _read(r)
+    r, first_doc, chunk_chars, dtype, encoding = args
+    text = _read(r, encoding)
     parts = []
     if r.starts_doc and _tok.eot_id is not None and not first_doc:
         parts.append(np.asarray([_tok.eot_id], dtype=dtype))
     for piece in _pieces(text, chunk_chars):
         parts.append(np.asarray(_tok.encode(piece), dtype=dtype))
     ids = np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
-    return ids, len(text), r.end - r.start
+    utf8_bytes = r.end - r.start if codecs.lookup(encoding).name == "utf-8" else len(text.encode("utf-8"))
+    return ids, len(text), utf8_bytes
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -260,35 +262,23 @@ def _pool(workers: int, tokenizer_json: str | None):
             os.environ["TOKENIZERS_PARALLELISM"] = before
 
 
-def train_vocab(kind: str, ranges: list[Range], workers: int, vocab_size, bar):
-    """A char or word tokenizer built by `workers` processes (the same one the one-process first pass builds)."""
-    from .tokenizer import CharTokenizer, WordTokenizer, train_tokenizer
+def train_vocab(kind: str, ranges: list[Range], workers: int, vocab_size, bar, encoding: str = "utf-8"):
+    """A char or word-level tokenizer built by `workers` processes (the one the one-process first pass builds)."""
+    from .tokenizer import char_tokenizer, word_tokenizer
 
+    tasks = [(r, kind, encoding) for r in ranges]
+    counts: Counter = Counter()
     with _pool(workers, None) as pool:
-        if kind == "char":
-            seen: set[str] = set()
-            for r, (_, chars) in zip(ranges, _ordered(pool, _vocab, [(r, kind) for r in ranges], 2 * workers)):
-                seen |= chars
-                bar.update(r.end - r.start)
-            if not seen:
-                return train_tokenizer("char", [], None)  # its error for an empty text
-            return CharTokenizer(sorted(seen))
-        counts: Counter = Counter()
-        for r, (_, c) in zip(ranges, _ordered(pool, _vocab, [(r, kind) for r in ranges], 2 * workers)):
+        for r, (_, c) in zip(ranges, _ordered(pool, _vocab, tasks, 2 * workers)):
             counts.update(c)
             bar.update(r.end - r.start)
-    counts.pop(WordTokenizer.UNK, None)
-    if not counts:
-        return train_tokenizer("word", [], vocab_size)
-    words = sorted(counts, key=lambda w: (-counts[w], w))
-    if vocab_size is not None:
-        words = words[:int(vocab_size) - 2]
-    return WordTokenizer([WordTokenizer.UNK, WordTokenizer.NEWLINE, *words])
+    return char_tokenizer(counts, vocab_size) if kind == "char" else word_tokenizer(kind, counts, vocab_size)
 
 
-def encode(tok, ranges: list[Range], outs: dict, counts: dict, chunk_chars: int, dtype, workers: int, bar) -> None:
+def encode(tok, ranges: list[Range], outs: dict, counts: dict, chunk_chars: int, dtype, workers: int, bar,
+           encoding: str = "utf-8") -> None:
     """Encode every range with `workers` processes, appending ids to outs[split] in corpus order."""
-    tasks = [(r, i == 0, chunk_chars, dtype) for i, r in enumerate(ranges)]
+    tasks = [(r, i == 0, chunk_chars, dtype, encoding) for i, r in enumerate(ranges)]
     with _pool(workers, tok.to_str()) as pool:
         for r, (ids, chars, nbytes) in zip(ranges, _ordered(pool, _encode, tasks, 2 * workers)):
             ids.tofile(outs[r.split])
@@ -296,4 +286,4 @@ def encode(tok, ranges: list[Range], outs: dict, counts: dict, chunk_chars: int,
             c["tokens"] += len(ids)
             c["chars"] += chars
             c["bytes"] += nbytes
-            bar.update(nbytes)
+            bar.update(r.end - r.start)

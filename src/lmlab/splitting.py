@@ -8,7 +8,7 @@ Every scheme is a TokenScheme:
 - `join(words)`: the text of one line's words (split's inverse, up to blanks for "word");
 - `note()`: the JSON a model file keeps so that it reloads with the same scheme (`scheme_from_note` reads it);
 - `run_words(tokenizer)`: the word of each id of a run's tokenizer (an n-gram drafting for that run).
-A new scheme (jieba's Chinese words, say) is one more subclass, registered in SCHEMES under its name.
+A new scheme is one more subclass, registered in SCHEMES under its name (JiebaSplit is one).
 """
 from __future__ import annotations
 
@@ -17,10 +17,12 @@ import os
 from pathlib import Path
 
 from .errors import LmlabError
-from .tokenizer import Tokenizer, load_tokenizer, split_words, tokenizer_from_str
+from .tokenizer import Tokenizer, jieba_cut, load_tokenizer, split_words, tokenizer_from_str
 
 LINE_END = "\0"  # marks each line end in split_text's output (no scheme makes it a word)
 SPACE_SYMBOL = "\u2581"  # char scheme: a space inside a line is this visible symbol (ARPA words hold no blanks)
+TAB_SYMBOL = "\u2409"  # char scheme: a tab is U+2409 SYMBOL FOR HORIZONTAL TABULATION (a tab separates ARPA fields)
+CR_SYMBOL = "\u240d"  # char scheme: a carriage return inside a line is U+240D SYMBOL FOR CARRIAGE RETURN
 ARPA_DEFAULT = "word"  # the scheme of an ARPA file with no note beside it (lmplz's words)
 NOTE_KEY = "lmlab_ngram_tokenizer"
 
@@ -75,25 +77,65 @@ class WordSplit(TokenScheme):
         return " ".join(words)
 
     def run_word(self, piece: str, token: int) -> str:
-        return piece.strip()
+        return piece.strip(" \t\r\0")
 
 
 class CharSplit(TokenScheme):
-    """Characters; a space inside a line is SPACE_SYMBOL, a line's trailing CR is dropped."""
+    """Characters; a space inside a line is SPACE_SYMBOL, a tab TAB_SYMBOL, a CR CR_SYMBOL (the blanks that separate
+    ARPA fields), a line's trailing CR is dropped. Every other character, U+00A0 and U+3000 included, is a word."""
 
     name = "char"
+    _VISIBLE = {" ": SPACE_SYMBOL, "\t": TAB_SYMBOL, "\r": CR_SYMBOL}
+    _BLANK = {v: k for k, v in _VISIBLE.items()}
 
     def split(self, line: str) -> list[str]:
-        return [SPACE_SYMBOL if c == " " else c for c in line.rstrip("\r")]
+        return [self._VISIBLE.get(c, c) for c in line.rstrip("\r")]
 
     def split_text(self, text: str) -> list[str]:
-        return list(text.replace("\0", " ").replace("\r\n", "\n").replace(" ", SPACE_SYMBOL).replace("\n", LINE_END))
+        text = text.replace("\0", " ").replace("\r\n", "\n")
+        for blank, symbol in self._VISIBLE.items():
+            text = text.replace(blank, symbol)
+        return list(text.replace("\n", LINE_END))
 
     def join(self, words) -> str:
-        return "".join(" " if w == SPACE_SYMBOL else w for w in words)
+        return "".join(self._BLANK.get(w, w) for w in words)
 
     def run_word(self, piece: str, token: int) -> str:
-        return SPACE_SYMBOL if piece == " " else piece
+        return self._VISIBLE.get(piece, piece)
+
+
+class JiebaSplit(TokenScheme):
+    """Chinese words cut by jieba (lmlab.tokenizer.jieba_cut); blanks separate words and are dropped, as lmplz
+    drops them from pre-segmented text, so this is the word scheme over the text jieba segmented with spaces.
+    join() puts the words back together without blanks, except one space between two ASCII letters or digits
+    (English words and numbers in Chinese text)."""
+
+    name = "jieba"
+
+    def split(self, line: str) -> list[str]:
+        return [w for piece in jieba_cut(line) for w in split_words(piece)] if line else []
+
+    def split_text(self, text: str) -> list[str]:
+        words: list[str] = []
+        for line in text.split("\n")[:-1]:
+            words.extend(self.split(line))
+            words.append(LINE_END)
+        return words
+
+    def join(self, words) -> str:
+        out: list[str] = []
+        for w in words:
+            if out and _ascii_alnum(out[-1][-1]) and _ascii_alnum(w[0]):
+                out.append(" ")
+            out.append(w)
+        return "".join(out)
+
+    def run_word(self, piece: str, token: int) -> str:
+        return piece.strip(" \t\r")
+
+
+def _ascii_alnum(c: str) -> bool:
+    return c.isascii() and c.isalnum()
 
 
 class TokenIds(TokenScheme):
@@ -144,7 +186,7 @@ class TokenIds(TokenScheme):
         return f"TokenIds({self.tokenizer!r})"
 
 
-SCHEMES: dict[str, type[TokenScheme]] = {"word": WordSplit, "char": CharSplit}
+SCHEMES: dict[str, type[TokenScheme]] = {"word": WordSplit, "char": CharSplit, "jieba": JiebaSplit}
 
 
 def token_scheme(spec) -> TokenScheme:

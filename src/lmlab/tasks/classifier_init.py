@@ -98,7 +98,12 @@ def from_scratch(kind: str, texts: list[str], max_length: int, num_labels: int, 
                  "pooling": options.get("pooling") or "cls", "pooler": options.get("pooler", True) is not False,
                  "dropout": 0.1 if dropout is None else dropout}
     elif kind == "lstm":
-        tokenizer = train_tokenizer("word", texts, vocab or 20000)
+        words = options.get("tokenizer") or "word"
+        if words not in ("word", "char", "jieba"):
+            raise LmlabError(f"--tokenizer {words!r}: an lstm classifier reads word, char or jieba tokens.")
+        # char: the 6,000 most frequent characters (more than a Chinese text of this size uses) and U+FFFD for
+        # any other one, so that unseen characters of new texts still encode
+        tokenizer = train_tokenizer(words, texts, vocab or (6000 if words == "char" else 20000))
         # The word tokenizer has no padding token: the model gets one more embedding row for it.
         model = {"family": "rnn_classifier", "vocab_size": tokenizer.vocab_size + 1, "pad_id": tokenizer.vocab_size,
                  "num_labels": num_labels, "pooling": options.get("pooling") or "max",

@@ -76,7 +76,8 @@ def train_classifier(train, out, kind: str = "encoder", val=None, init=None, tex
     Without `val`, round(val_fraction * n) of the training texts (a split_indices(n, val_fraction, split_seed)
     split) are held out for validation. `init` is an lmlab run (an MLM-pretrained or converted encoder; a GPT)
     or a Hugging Face BERT directory. `options`: pooling, pooler, bidirectional, lm_loss_weight, label_lms, dropout,
-    vocab_size (from-scratch tokenizer). `group_by_length`: training batches of similar lengths (LabelBatches).
+    vocab_size (from-scratch tokenizer), tokenizer (lstm: word, char or jieba). `group_by_length`: training batches
+    of similar lengths (LabelBatches).
     `overrides`: dotted config fields (model.X, train.X), applied last. `nproc` > 1 trains in that many processes
     (torchrun, like `lmlab train --nproc`). Returns train()'s summary plus the validation metrics.
     """
@@ -95,6 +96,8 @@ def train_classifier(train, out, kind: str = "encoder", val=None, init=None, tex
     gpt_only = [name for name in ("lm_loss_weight", "label_lms") if options.get(name)]
     if kind != "gpt" and gpt_only:
         raise LmlabError(f"--{gpt_only[0].replace('_', '-')} is for --model gpt, not --model {kind}.")
+    if options.get("tokenizer") and (kind != "lstm" or init is not None):
+        raise LmlabError(f"--tokenizer is for --model lstm (from scratch); --model {kind} brings its own tokenizer.")
     (train_texts, train_labels), (val_texts, val_labels), names = _read_splits(
         train, val, text_column, label_column, encoding, val_fraction, split_seed)
 

@@ -128,6 +128,16 @@ def ngram_word_ids_range(tables, n, V, lo, hi) -> np.ndarray:
 
 
 _COUNT_LINE = re.compile(r"^ngram\s+(\d+)\s*=\s*(\d+)$")
+# Fields are separated by ASCII space and tab only, as KenLM reads them (lm/read_arpa.hh's kARPASpaces) and as
+# lmplz splits words: U+00A0 (no-break space) and U+3000 (ideographic space) are characters of a word, never
+# separators, so Python's Unicode-aware str.split() / strip() must not be used on ARPA lines. CR is a blank too
+# (a file with CRLF line ends; no lmplz word holds one).
+_BLANKS = " \t\r"
+
+
+def _fields(text: str) -> list[str]:
+    """The blank-separated fields of ARPA text (several lines at once, too; str.replace runs at C speed)."""
+    return list(filter(None, text.replace("\t", " ").replace("\r", " ").replace("\n", " ").split(" ")))
 
 
 class _ArpaReader:
@@ -152,7 +162,7 @@ class _ArpaReader:
 
     def next_nonblank(self, what: str) -> str:
         while self.i < len(self.lines):
-            line = self.lines[self.i].strip()
+            line = self.lines[self.i].strip(_BLANKS)
             self.i += 1
             if line:
                 return line
@@ -165,7 +175,7 @@ def read_arpa(path) -> tuple[Vocab, list[NGramTables]]:
     while True:  # text before \data\ is allowed (SRILM and others write comments)
         if r.i >= len(r.lines):
             raise r.error("no \\data\\ header; this is not an ARPA language model.", 1)
-        line = r.lines[r.i].strip()
+        line = r.lines[r.i].strip(_BLANKS)
         r.i += 1
         if line == "\\data\\":
             break
@@ -205,10 +215,10 @@ def _read_section_fast(r: _ArpaReader, n: int, count: int, last: bool, index: di
     start = r.i
     if index is None or n < 2 or start + count > len(r.lines):
         return None
-    following = r.lines[start + count].strip() if start + count < len(r.lines) else ""
+    following = r.lines[start + count].strip(_BLANKS) if start + count < len(r.lines) else ""
     if following and not following.startswith("\\"):
         return None
-    flat = "\n".join(r.lines[start:start + count]).split()
+    flat = _fields("\n".join(r.lines[start:start + count]))
     widths = (n + 1,) if last else (n + 2, n + 1)
     k = next((w for w in widths if len(flat) == count * w), None)
     if k is None:
@@ -243,7 +253,7 @@ def _read_section(r: _ArpaReader, n: int, count: int, last: bool, index: dict | 
     section_line = r.i
     while r.i < len(r.lines):
         raw = r.lines[r.i]
-        line = raw.strip()
+        line = raw.strip(_BLANKS)
         if not line:
             r.i += 1
             if len(words) >= count:
@@ -252,7 +262,7 @@ def _read_section(r: _ArpaReader, n: int, count: int, last: bool, index: dict | 
         if line.startswith("\\"):
             break
         r.i += 1
-        parts = line.split()
+        parts = _fields(line)
         if len(parts) == n + 1:
             bo = 0.0
         elif len(parts) == n + 2 and not last:

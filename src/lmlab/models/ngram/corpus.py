@@ -13,6 +13,7 @@ from typing import Iterable
 import numpy as np
 
 from ...errors import LmlabError
+from ...files import not_text_error
 from ...splitting import LINE_END, token_scheme
 from .vocab import BOS_ID, EOS_ID, SPECIALS, Vocab
 
@@ -26,8 +27,8 @@ def read_text(path: Path, encoding: str = "utf-8") -> str:
         return data.decode(encoding)
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
-        raise LmlabError(f"{path}:{line}: not valid {encoding} text (bad byte at offset {e.start}); "
-                         f"convert the file to UTF-8 or pass --encoding.") from None
+        raise not_text_error(path, data, e.start, e.start, line, encoding, "convert the file to UTF-8 or pass "
+                             "--encoding") from None
 
 
 def as_text(lines_or_path, encoding: str = "utf-8") -> tuple[str, str]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import LmlabError
+from ...tokenizer import split_words
 from .corpus import read_text
 from .count import Counts
 from .tables import NGramTables
@@ -38,7 +39,7 @@ def allowed_words(vocab: Vocab, limit_vocab) -> np.ndarray | None:
     if limit_vocab is None:
         return None
     if isinstance(limit_vocab, (str, os.PathLike)):
-        words = read_text(Path(limit_vocab)).replace("\0", " ").split()  # lmplz: blanks and NUL
+        words = split_words(read_text(Path(limit_vocab)).replace("\n", " "))  # lmplz's ASCII blanks and NUL
     else:
         words = list(limit_vocab)
     allowed = np.zeros(len(vocab), dtype=bool)
