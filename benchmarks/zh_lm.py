@@ -1,23 +1,29 @@
 """Language models of Chinese text: People's Daily 1998 (../shared/data/zh), bits per character and per byte of the
 test split, every model trained on the train split, in one run.
 
-    python benchmarks/zh_lm.py [--gpt-steps 3000] [--lstm-steps 3000] [--bpe-steps 3000] [--parts ...] [--lmplz PATH]
+    python benchmarks/zh_lm.py [--gpt-steps 3000] [--lstm-steps 900] [--bpe-steps 3000] [--parts ...] [--lmplz PATH]
 
 Models:
 - char 5-gram (modified Kneser-Ney, `lmlab ngram train -o 5 --tokenizer char`): the KenLM recipe for Chinese;
-  scored again by the `kenlm` module (word by word through its state API) to the same total, and compared entry by
-  entry with lmplz's ARPA of the same character-spaced text when lmplz is on PATH or given.
+  scored again by the `kenlm` module (word by word through its state API) to the same total.
+- lmplz (`--parts lmplz`, needs KenLM's lmplz): char and jieba-word 5-grams (--discount-fallback on both sides)
+  against lmplz's ARPA of the same text written with spaces between our words, entry by entry.
 - word 3-gram over the gold segmentation (train.seg.txt -> test.seg.txt) and over jieba's (`--tokenizer jieba` on
   the raw text): what segmentation quality costs.
 - char LSTM, char GPT (configs/peoples-daily-char-gpt.yaml) and a byte-level-BPE GPT (the same config on BPE
   tokens, vocabulary 4,000): `lmlab prepare` + `lmlab train`, then `lmlab compare` on test.txt.
-- tokenizers: byte-level BPE vs character-alphabet BPE (`--tokenizer char-bpe`), both 4,000 entries from the train
-  split: tokens per character of test, and the share of test tokens that are not whole characters.
+- tokenizers: byte-level BPE vs character-alphabet BPE (`--tokenizer char-bpe`), both 8,000 entries from the train
+  split (the train split has ~4,600 distinct characters: a char-bpe of 4,000 would have no merges at all): tokens
+  per character of test, the share of test tokens that are not whole characters, and <unk> tokens.
+- throughput: `lmlab prepare --tokenizer jieba` of the train split, characters/s with 1 and 2 workers (the same
+  output), and jieba 0.42.1's own cut of the same lines (pip install jieba==0.42.1) for reference.
+Neural models get the same wall-clock budget on 2 cores, about 7 minutes each: 3,000 steps of 16 x 128 tokens for the
+GPTs, 900 steps of 32 x 100 for the LSTM (the LSTM's step costs ~3x a GPT step here); their train times are printed.
 
 Every figure divides the total information (-log2 P, each line's end included) by the raw test text's characters
 (newlines included) or its UTF-8 bytes, so all models compare. Out-of-vocabulary words and characters are scored
 as each model scores them (<unk> for the n-grams, U+FFFD for the char models: their vocabulary keeps characters
-seen at least twice); their rates are printed. Results also go to OUT/zh_lm.json.
+seen at least twice); their rates are printed. Results also go to OUT/zh_lm-PARTS.json.
 """
 from __future__ import annotations
 
@@ -73,8 +79,6 @@ def ngrams(args, out: Path, raw_test: list[str]) -> list[dict]:
     rows.append(ngram_row("char 5-gram (MKN)", char5, raw_test, raw_test, time.perf_counter() - start))
     char5.save_arpa(out / "char5.arpa")
     rows[-1].update(kenlm_check(out / "char5.arpa", char5, raw_test[:200]))
-    if args.lmplz:
-        rows[-1].update(lmplz_check(args.lmplz, char5, out))
     start = time.perf_counter()
     gold = NGramLM.train(PD / "train.seg.txt", order=3, progress=False)
     rows.append(ngram_row("word 3-gram, gold segmentation", gold, lines_of("test.seg.txt"), raw_test,
@@ -105,31 +109,38 @@ def kenlm_check(arpa: Path, model, test: list[str]) -> dict:
     return {"kenlm_log10_total": theirs, "lmlab_log10_total": ours}
 
 
-def lmplz_check(lmplz: str, model, out: Path) -> dict:
-    """lmplz -o 5 on the same text with a space between characters (the char scheme's words); every entry's
-    probability and backoff against ours."""
+def lmplz_checks(lmplz: str, out: Path) -> dict:
+    """lmplz -o 5 on the training text written as our words with spaces between them (the char scheme's words; jieba's
+    words), against lmlab's 5-gram of the raw text with --tokenizer char / jieba: every entry's log10 probability and
+    backoff, and wall times."""
     from lmlab.models.ngram import NGramLM
 
-    spaced = out / "train.chars.txt"
-    spaced.write_text("".join(" ".join(model.scheme.split(line)) + "\n" for line in lines_of("train.txt")),
-                      encoding="utf-8")
-    ref = out / "lmplz-char5.arpa"
-    start = time.perf_counter()
-    with open(spaced, "rb") as src, open(ref, "wb") as dst:
-        subprocess.run([lmplz, "-o", "5", "-S", "20%", "--discount_fallback"], stdin=src, stdout=dst,
-                       stderr=subprocess.DEVNULL, check=True)
-    seconds = time.perf_counter() - start
-    theirs = NGramLM.from_arpa(ref, tokenizer="word")
-    worst, entries, missing = 0.0, 0, 0
-    for n in range(len(model.tables)):
-        ours, ref_entries = _entries(model, n), _entries(theirs, n)
-        missing += len(ours.keys() ^ ref_entries.keys())
-        for key, (p, bo) in ref_entries.items():
-            if key in ours:
-                worst = max(worst, abs(ours[key][0] - p), abs(ours[key][1] - bo))
-                entries += 1
-    return {"lmplz_entries": entries, "lmplz_entries_not_in_both": missing, "lmplz_max_abs_diff": worst,
-            "lmplz_s": seconds}
+    result = {}
+    for scheme in ("char", "jieba"):
+        start = time.perf_counter()
+        model = NGramLM.train(PD / "train.txt", order=5, tokenizer=scheme, discount_fallback=True, progress=False)
+        ours_s = time.perf_counter() - start
+        spaced = out / f"train.{scheme}.txt"
+        spaced.write_text("".join(" ".join(model.scheme.split(line)) + "\n" for line in lines_of("train.txt")),
+                          encoding="utf-8")
+        ref = out / f"lmplz-{scheme}5.arpa"
+        start = time.perf_counter()
+        with open(spaced, "rb") as src, open(ref, "wb") as dst:
+            subprocess.run([lmplz, "-o", "5", "-S", "1G", "--discount_fallback"], stdin=src, stdout=dst,
+                           stderr=subprocess.DEVNULL, check=True)
+        lmplz_s = time.perf_counter() - start
+        theirs = NGramLM.from_arpa(ref, tokenizer="word")
+        worst, entries, missing = 0.0, 0, 0
+        for n in range(len(model.tables)):
+            ours, ref_entries = _entries(model, n), _entries(theirs, n)
+            missing += len(ours.keys() ^ ref_entries.keys())
+            for key, (prob, backoff) in ref_entries.items():
+                if key in ours:
+                    worst = max(worst, abs(ours[key][0] - prob), abs(ours[key][1] - backoff))
+                    entries += 1
+        result[scheme] = {"entries": entries, "entries_not_in_both": missing, "max_abs_diff": worst,
+                          "lmlab_s": ours_s, "lmplz_s": lmplz_s}
+    return result
 
 
 def char_vocab_size(train: str) -> int:
@@ -183,7 +194,7 @@ def tokenizers(out: Path, raw_test: list[str]) -> dict:
     test = "\n".join(raw_test) + "\n"
     result = {}
     for kind in ("bpe", "char-bpe"):
-        tok = train_tokenizer(kind, [train], vocab_size=4000)
+        tok = train_tokenizer(kind, [train], vocab_size=8000)
         ids = tok.encode(test)
         broken = sum(1 for i in ids if "\ufffd" in tok.decode([i]))
         unk = sum(1 for i in ids if tok.decode([i]) == "<unk>")
@@ -192,12 +203,41 @@ def tokenizers(out: Path, raw_test: list[str]) -> dict:
     return result
 
 
+def throughput(out: Path) -> dict:
+    """`lmlab prepare --tokenizer jieba` of the train split with 1 and 2 workers (characters/s, identical output),
+    next to jieba 0.42.1's own cut of the same lines in this process when jieba is installed."""
+    train = PD / "train.txt"
+    chars = len(train.read_text(encoding="utf-8"))
+    result = {"characters": chars}
+    for workers in (1, 2):
+        start = time.perf_counter()
+        run_cli("prepare", train, "--tokenizer", "jieba", "--workers", workers, "--quiet", "--out",
+                out / f"pd-jieba-w{workers}")
+        result[f"prepare_workers{workers}_chars_per_s"] = chars / (time.perf_counter() - start)
+    result["identical"] = all((out / "pd-jieba-w1" / f).read_bytes() == (out / "pd-jieba-w2" / f).read_bytes()
+                              for f in ("train.bin", "val.bin", "tokenizer.json"))
+    try:
+        import jieba
+    except ImportError:
+        return result
+    import logging
+
+    jieba.setLogLevel(logging.WARNING)
+    jieba.initialize()
+    lines = train.read_text(encoding="utf-8").splitlines()
+    start = time.perf_counter()
+    for line in lines:
+        list(jieba.cut(line))
+    result["jieba_0.42.1_cut_chars_per_s"] = chars / (time.perf_counter() - start)
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(REPO / "runs" / "zh-lm"))
-    ap.add_argument("--parts", nargs="+", default=["ngram", "char", "gpt", "lstm", "bpe", "tokenizers"])
+    ap.add_argument("--parts", nargs="+", default=["ngram", "char", "gpt", "lstm", "bpe", "tokenizers", "throughput"])
     ap.add_argument("--gpt-steps", type=int, default=3000)
-    ap.add_argument("--lstm-steps", type=int, default=3000)
+    ap.add_argument("--lstm-steps", type=int, default=900)  # ~ the GPTs' 3,000 steps of wall time on 2 cores
     ap.add_argument("--bpe-steps", type=int, default=3000)
     ap.add_argument("--lmplz", default=shutil.which("lmplz"), help="KenLM's lmplz for the entry-by-entry check")
     args = ap.parse_args()
@@ -212,7 +252,13 @@ def main() -> None:
     result["rows"] += neural(args, out, raw_test)
     if "tokenizers" in args.parts:
         result["tokenizers"] = tokenizers(out, raw_test)
-    (out / "zh_lm.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if "throughput" in args.parts:
+        result["throughput"] = throughput(out)
+    if "lmplz" in args.parts:
+        if not args.lmplz:
+            sys.exit("--parts lmplz needs KenLM's lmplz (on PATH or --lmplz PATH)")
+        result["lmplz"] = lmplz_checks(args.lmplz, out)
+    (out / f"zh_lm-{'-'.join(args.parts)}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print("| model | bits/char | bits/byte | tokens/char | train time (s) |\n|---|---|---|---|---|")
     for r in result["rows"]:
         print(f"| {r['model']} | {r['bits_per_char']:.3f} | {r['bits_per_byte']:.4f} | {r['tokens_per_char']:.3f} | "
@@ -221,8 +267,9 @@ def main() -> None:
         for r in result["rows"]:
             if key in r:
                 print(f"{r['model']}: {key} = {r[key]}")
-    if "tokenizers" in result:
-        print(json.dumps(result["tokenizers"], indent=2))
+    for key in ("tokenizers", "throughput", "lmplz"):
+        if key in result:
+            print(json.dumps(result[key], indent=2))
 
 
 if __name__ == "__main__":

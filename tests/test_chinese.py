@@ -187,6 +187,24 @@ def test_stream_decoder_splits_every_character_at_every_byte_boundary():
         assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
 
 
+def test_sse_stream_of_byte_level_tokens_sends_whole_characters(lines):
+    pytest.importorskip("fastapi")
+    httpx = pytest.importorskip("httpx")
+    from lmlab.serve import Limits, ServerThread, create_app
+
+    bpe = train_tokenizer("bpe", ["\n".join(lines[:300])], vocab_size=300)  # few merges: a character is 2-3 tokens
+    model = NGramLM.train(lines[:300], order=8, tokenizer=bpe, discount_fallback=True, progress=False)  # BPE ids
+    body = {"model": "zh", "prompt": "新华社", "max_tokens": 80, "temperature": 0}  # greedy: valid UTF-8 out
+    with ServerThread(create_app({"zh": (model, model)}, Limits(max_tokens=128))) as url:
+        whole = httpx.post(url + "/v1/completions", json=body, timeout=30).json()["choices"][0]["text"]
+        with httpx.stream("POST", url + "/v1/completions", json={**body, "stream": True}, timeout=30) as r:
+            chunks = [json.loads(line[6:])["choices"][0]["text"] for line in r.iter_lines()
+                      if line.startswith("data: ") and line != "data: [DONE]"]
+    assert "".join(chunks) == whole and sum(1 for c in whole if "\u4e00" <= c <= "\u9fff") > 10
+    # Held back until whole: no chunk shows half a character (the last may end in one: max_tokens cut it)
+    assert not any("\ufffd" in c for c in chunks[:-1]) and "\ufffd" not in whole[:-1]
+
+
 # ----------------------------------------------------------------------------------- encodings
 
 def test_gb18030_text_says_so_and_works_with_its_encoding(tmp_path, capsys):
