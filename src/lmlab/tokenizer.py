@@ -499,7 +499,7 @@ def word_tokenizer(kind: str, counts, max_vocab: int | None) -> WordTokenizer:
 def check_tokenizer_args(kind: str, vocab_size: int | None) -> None:
     """Raise LmlabError for an unknown kind or a vocab_size that does not fit it."""
     if kind not in TOKENIZER_KINDS:
-        raise LmlabError(f"Unknown tokenizer kind {kind!r}; use 'char', 'byte', 'word', 'jieba' or 'bpe'.")
+        raise LmlabError(f"Unknown tokenizer kind {kind!r}; use {', '.join(map(repr, TOKENIZER_KINDS))}.")
     if kind == "byte" and vocab_size is not None:
         raise LmlabError("vocab_size does not apply to the byte tokenizer (always 256 bytes); leave it unset.")
     if kind == "char" and vocab_size is not None and int(vocab_size) < 2:
