@@ -34,7 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import LmlabError
-from .files import CONVERT, atomic_write_json, not_text_error, read_json
+from .files import CONVERT, atomic_write_json, check_encoding, not_text_error, read_json
 from .tokenizer import (SETTINGS_FILE, TOKENIZER_KINDS, WORD_TOKENIZERS, Tokenizer, check_tokenizer_args,
                         load_tokenizer, train_tokenizer)
 
@@ -117,12 +117,7 @@ def _pieces(files: list[Path], chunk_chars: int, split_at: int, encoding: str = 
 
 
 def _check_encoding(encoding: str) -> None:
-    import codecs
-
-    try:
-        codecs.lookup(encoding)
-    except LookupError:
-        raise LmlabError(f"unknown text encoding {encoding!r}; use utf-8, gb18030, cp1252 or latin-1.") from None
+    check_encoding(encoding)
     if "\n".encode(encoding) != b"\n":
         raise LmlabError(f"prepare reads files line by line and cannot read {encoding}; convert them to UTF-8 "
                          "first (e.g. `iconv -t UTF-8`).")
@@ -237,9 +232,10 @@ def prepare(
 ) -> dict:
     """Tokenize a text file or a directory of them into out_dir (train.bin, val.bin, tokenizer.json, meta.json).
 
-    `tokenizer` is a kind ("char", "byte", "word", "jieba", "bpe": built from this text; bpe needs `vocab_size`,
-    for word and jieba it is an optional maximum), a path to an existing tokenizer.json, or a Tokenizer.
-    `encoding`: the files' text encoding (gb18030 for GBK Chinese text, say); bytes per token count UTF-8. Each file of a directory is one document;
+    `tokenizer` is a kind ("char", "byte", "word", "jieba", "bpe", "char-bpe": built from this text; the BPEs
+    need `vocab_size`, for char, word and jieba it is an optional maximum), a path to an existing tokenizer.json,
+    or a Tokenizer. `encoding`: the files' text encoding (gb18030 for GBK Chinese text, say); bytes per token
+    count UTF-8 bytes whatever it is. Each file of a directory is one document;
     documents are separated by the tokenizer's end-of-text id when it has one (bpe), else simply
     concatenated. Output appears all at once: files are written to a temporary directory and moved
     into place at the end (meta.json last), so a failure leaves any previous output untouched.

@@ -4,6 +4,7 @@ step (`staged_dir`), and reading a user's text file (`read_text`) with one sente
 """
 from __future__ import annotations
 
+import codecs
 import contextlib
 import json
 import os
@@ -95,6 +96,14 @@ def staged_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
 CONVERT = "convert it to UTF-8 (e.g. `iconv -t UTF-8`)"
 
 
+def check_encoding(encoding: str) -> None:
+    """An LmlabError (one sentence) for a text encoding Python does not know."""
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise LmlabError(f"unknown text encoding {encoding!r}; use utf-8, gb18030, cp1252 or latin-1.") from None
+
+
 def not_text_error(path, raw: bytes, pos: int, offset: int, line: int, encoding: str = "UTF-8",
                    fix: str = CONVERT, earlier_non_ascii: bool | None = None) -> LmlabError:
     """The one sentence for a file that does not decode: where the first bad byte is (raw[pos], at byte `offset`
@@ -104,7 +113,7 @@ def not_text_error(path, raw: bytes, pos: int, offset: int, line: int, encoding:
     start = raw.rfind(b"\n", 0, pos) + 1
     end = raw.find(b"\n", pos)
     hint = ""
-    if encoding.lower().replace("-", "").replace("_", "") in ("utf8", "utf8sig") and _reads_as_chinese(
+    if codecs.lookup(encoding).name in ("utf-8", "utf-8-sig") and _reads_as_chinese(
             raw[start:end if end >= 0 else len(raw)], "gb18030"):
         if earlier_non_ascii is None:
             earlier_non_ascii = any(b > 127 for b in raw[:start])
@@ -136,13 +145,12 @@ def read_text(path: str | os.PathLike, encoding: str = "UTF-8", *, empty_ok: boo
     if not path.is_file():
         what = "is not a file" if path.exists() else "does not exist"
         raise LmlabError(f"{path} {what}; give a text file.")
+    check_encoding(encoding)
     raw = path.read_bytes()
     try:
         text = raw.decode(encoding)
     except UnicodeDecodeError as e:
         raise not_text_error(path, raw, e.start, e.start, raw.count(b"\n", 0, e.start) + 1, encoding, fix) from None
-    except LookupError:
-        raise LmlabError(f"unknown text encoding {encoding!r}; use utf-8, cp1252 or latin-1.") from None
     if not text and not empty_ok:
         raise LmlabError(f"{path} is empty; give a file with some text.")
     return text

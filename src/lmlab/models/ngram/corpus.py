@@ -13,22 +13,15 @@ from typing import Iterable
 import numpy as np
 
 from ...errors import LmlabError
-from ...files import not_text_error
+from ... import files
 from ...splitting import LINE_END, token_scheme
 from .vocab import BOS_ID, EOS_ID, SPECIALS, Vocab
 
 
 def read_text(path: Path, encoding: str = "utf-8") -> str:
-    """The text of a file; a missing file or a bad byte is an LmlabError naming the file (and the line)."""
-    if not path.is_file():
-        raise LmlabError(f"{path} does not exist; pass a text file with one sentence per line.")
-    data = path.read_bytes()
-    try:
-        return data.decode(encoding)
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise not_text_error(path, data, e.start, e.start, line, encoding, "convert the file to UTF-8 or pass "
-                             "--encoding") from None
+    """The text of a file (empty allowed: the builder says the text has no words); a missing file or a bad byte
+    is an LmlabError naming the file (and the line): lmlab.files.read_text."""
+    return files.read_text(path, encoding, empty_ok=True, fix="convert the file to UTF-8 or pass --encoding")
 
 
 def as_text(lines_or_path, encoding: str = "utf-8") -> tuple[str, str]:
