@@ -87,10 +87,9 @@ def keep_mask(like: torch.Tensor, p: float) -> torch.Tensor:
     return (words.view(torch.int16)[:n] >= threshold).view(like.shape)
 
 
-def _noise(keep: torch.Tensor, p: float, dtype) -> torch.Tensor:
-    """The multiplier of the kept entries, keep / (1 - p), with p at keep_mask's resolution (an unbiased
-    dropout: the expected multiplier is 1)."""
-    return keep.to(dtype).div_(1 - round(p * MASK_LEVELS) / MASK_LEVELS)
+def _keep_scale(p: float) -> float:
+    """1 / (1 - p), with p at keep_mask's resolution: the scale of an unbiased dropout (expected multiplier 1)."""
+    return 1.0 / (1 - round(p * MASK_LEVELS) / MASK_LEVELS)
 
 
 class _LoRAFunction(torch.autograd.Function):
@@ -98,17 +97,22 @@ class _LoRAFunction(torch.autograd.Function):
     chain of modules PEFT runs, in less memory and time):
     - forward: the low-rank term is added into the base output by one addmm (no separate [N, out] product,
       scaling and sum); the dropout keep-mask (keep_mask: nn.Dropout's distribution, drawn faster) is kept as
-      bool, and D(x) = x * mask / (1 - p) is recomputed in backward instead of saved as a float copy per layer
-      (q, k and v share one input: autograd keeps x once for all three);
-    - backward: dx = g W + s ((g B) A) * mask / (1 - p), dA = s (g B)^T D(x), dB = s g^T (D(x) A^T), no dW
-      (frozen); a narrow base (bf16 / fp16 / int8) is dequantized again in backward rather than kept in float."""
+      bool and D(x) = (x * mask) / (1 - p) is formed as x * mask, its 1 / (1 - p) folded into the [N, r]
+      product (one pass over x instead of three: a float noise tensor, its scaling, the product); x * mask is
+      recomputed in backward instead of saved as a float copy per layer (q, k and v share one input: autograd
+      keeps x once for all three);
+    - backward: dx = g W + s/(1-p) ((g B) A) * mask, dA = s/(1-p) (g B)^T (x * mask), dB = s g^T (D(x) A^T),
+      no dW (frozen); a narrow base (bf16 / fp16 / int8) is dequantized again in backward rather than kept in
+      float."""
 
     @staticmethod
     def forward(ctx, x, lora_a, lora_b, layer, p: float):
         w = layer.base_weight().to(x.dtype)
         keep = keep_mask(x, p) if p > 0 else None
-        dropped = x * _noise(keep, p, x.dtype) if keep is not None else x
-        low = dropped.reshape(-1, x.shape[-1]) @ lora_a.t()  # [N, r]
+        masked = x * keep if keep is not None else x
+        low = masked.reshape(-1, x.shape[-1]) @ lora_a.t()  # [N, r]
+        if keep is not None:
+            low.mul_(_keep_scale(p))
         y = F.linear(x, w, layer.base.bias)
         y.view(-1, y.shape[-1]).addmm_(low, lora_b.t(), alpha=layer.scaling)
         ctx.save_for_backward(x, keep, low, lora_a, lora_b)
@@ -118,7 +122,8 @@ class _LoRAFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, keep, low, lora_a, lora_b = ctx.saved_tensors
-        layer, p, s = ctx.layer, ctx.p, ctx.layer.scaling
+        layer, s = ctx.layer, ctx.layer.scaling
+        s_masked = s * _keep_scale(ctx.p) if keep is not None else s
         g = grad.reshape(-1, grad.shape[-1])
         gb = g @ lora_b  # [N, r]
         dx = da = db = None
@@ -127,11 +132,11 @@ class _LoRAFunction(torch.autograd.Function):
             if keep is None:
                 dx.addmm_(gb, lora_a, alpha=s)
             else:
-                dx.addcmul_((gb @ lora_a).mul_(s), _noise(keep, p, g.dtype).reshape(dx.shape))
+                dx.add_((gb @ lora_a).mul_(keep.reshape(dx.shape)), alpha=s_masked)
             dx = dx.view(x.shape)
         if ctx.needs_input_grad[1]:
-            dropped = x * _noise(keep, p, x.dtype) if keep is not None else x
-            da = (gb.t() @ dropped.reshape(-1, x.shape[-1])).mul_(s)
+            masked = x * keep if keep is not None else x
+            da = (gb.t() @ masked.reshape(-1, x.shape[-1])).mul_(s_masked)
         if ctx.needs_input_grad[2]:
             db = (g.t() @ low).mul_(s)
         return dx, da, db, None, None
