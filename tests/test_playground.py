@@ -296,3 +296,36 @@ def test_chat_mode_refuses_a_model_without_chat_template(chat_page, chat_server)
     assert page.is_visible("#prompt") and not page.is_visible("#conversation")
     assert "(no chat)" not in page.inner_text("#model option[value=plain]")
     assert not recorder.bodies
+
+
+# ----------------------------------------------------------------------------------------------- Chinese text
+
+def test_playground_shows_chinese_of_byte_level_tokens_as_whole_characters(browser):
+    """A model whose tokens are byte-level BPE pieces of Chinese characters (an n-gram of BPE ids trained on People's
+    Daily): the page shows the prompt and then the same text as the non-streamed completion, every character whole (no U+FFFD, no
+    mojibake), even where one character is spread over several streamed tokens."""
+    from lmlab.models.ngram import NGramLM
+    from lmlab.serve import Limits, ServerThread, create_app
+    from lmlab.tokenizer import train_tokenizer
+
+    lines = (Path(__file__).parents[1] / "data" / "zh" / "peoples-daily-1998.txt").read_text("utf-8").splitlines()
+    bpe = train_tokenizer("bpe", ["\n".join(lines[:300])], vocab_size=300)  # few merges: a character is 2-3 tokens
+    model = NGramLM.train(lines[:300], order=8, tokenizer=bpe, discount_fallback=True, progress=False)
+    want = complete(model, model, "新华社", GenerationConfig(max_new_tokens=60, temperature=0))[0]
+    assert any("\ufffd" in bpe.decode([i]) for i in want.token_ids)  # the tokens do split characters
+    with ServerThread(create_app({"zh": (model, model)}, Limits(max_tokens=200))) as url:
+        page = browser.new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url + "/")
+        page.wait_for_function("document.querySelectorAll('#model option').length > 0")
+        page.fill("#prompt", "新华社")
+        set_slider(page, "#temperature", 0)
+        set_slider(page, "#max-tokens", 60)
+        page.click("#generate")
+        page.wait_for_function("!document.querySelector('#generate').disabled", timeout=30_000)
+        shown = page.inner_text("#output")
+        page.close()
+    assert not errors
+    assert shown.rstrip("\n") == ("新华社" + want.text).rstrip("\n") and "\ufffd" not in shown  # prompt, then output
+    assert sum(1 for c in shown if "\u4e00" <= c <= "\u9fff") > 10
