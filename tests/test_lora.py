@@ -454,3 +454,46 @@ def test_an_adapter_of_another_base_is_refused(saved, runs):
     load_adapter(model, saved)
     with pytest.raises(LmlabError, match="the model already has LoRA layers"):
         load_adapter(model, saved)
+
+
+def test_grouped_layers_of_one_input_equal_separate_layers_with_dropout():
+    """q, k, v (and gate, up) of a Llama read one input: apply_lora groups them (one base product of their stacked
+    weights, each layer's own dropout mask in the same order); loss and adapter gradients equal the layers run one
+    by one; the merged weights are tensors of their own; a group whose weights were replaced stops being used."""
+    from lmlab.lora import lora_layers, merge_lora
+    from lmlab.models.llama import Llama, LlamaConfig
+
+    torch.manual_seed(0)
+    base = Llama(LlamaConfig(vocab_size=60, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, block_size=16))
+    grouped, separate = copy.deepcopy(base), copy.deepcopy(base)
+    for model in (grouped, separate):
+        apply_lora(model, ["q", "k", "v", "o", "gate", "up", "down"], rank=4, alpha=8, dropout=0.2)
+    for g, s in zip(lora_layers(grouped).values(), lora_layers(separate).values()):
+        torch.nn.init.normal_(g.lora_B.weight)
+        s.lora_A.weight.data.copy_(g.lora_A.weight.data)
+        s.lora_B.weight.data.copy_(g.lora_B.weight.data)
+        s.group = None  # run one by one
+    assert sum(layer.group is not None for layer in lora_layers(grouped).values()) == 10  # 2 x (q, k, v + gate, up)
+    x, y = torch.randint(0, 60, (3, 16)), torch.randint(0, 60, (3, 16))
+    losses = []
+    for model in (grouped, separate):
+        model.train()
+        torch.manual_seed(5)
+        loss = model.loss((x, y))
+        loss.backward()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6)
+    for (name, g), (_, s) in zip(grouped.named_parameters(), separate.named_parameters()):
+        if g.requires_grad:
+            torch.testing.assert_close(g.grad, s.grad, atol=1e-6, rtol=1e-5, msg=name)
+    q = grouped.layers[0].self_attn.q_proj
+    q.base.weight = torch.nn.Parameter(q.base.weight.detach().clone(), requires_grad=False)  # (as assign=True does)
+    assert not q.group.holds([q, grouped.layers[0].self_attn.k_proj, grouped.layers[0].self_attn.v_proj])
+    grouped.eval()
+    with torch.no_grad():
+        before = grouped(x)
+    merge_lora(grouped)
+    with torch.no_grad():
+        torch.testing.assert_close(grouped(x), before, atol=1e-5, rtol=1e-5)
+    k = grouped.layers[1].self_attn.k_proj.weight
+    assert k.untyped_storage().nbytes() == k.numel() * k.element_size()  # not a view of the group's tensor
