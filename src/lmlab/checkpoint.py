@@ -28,7 +28,7 @@ from .errors import LmlabError
 from .files import atomic_open, atomic_write_json, read_json
 
 WEIGHTS, BEST, STATE, MODEL_CONFIG = "model.safetensors", "best.safetensors", "trainer_state.pt", "config.json"
-NGRAM_SUFFIXES = (".arpa", ".npz")  # n-gram model files, loaded by load() like run directories
+NGRAM_SUFFIXES = (".arpa", ".npz", ".lmbin")  # n-gram model files, loaded by load() like run directories
 
 
 def unique_state_dict(model: torch.nn.Module, keep_device: bool = False) -> dict[str, torch.Tensor]:
@@ -269,7 +269,12 @@ def is_run_dir(path: str | Path) -> bool:
 
 
 def is_ngram_file(path: str | Path) -> bool:
-    return Path(path).suffix in NGRAM_SUFFIXES and Path(path).is_file()
+    """An n-gram model file: by its suffix, or an .lmbin file by its magic bytes whatever its name."""
+    if not Path(path).is_file():
+        return False
+    from .models.ngram.binary import is_lmbin
+
+    return Path(path).suffix in NGRAM_SUFFIXES or is_lmbin(path)
 
 
 def load_model_config(run_dir: str | Path):
@@ -283,7 +288,7 @@ def load(path: str | Path, which: str = "best", device: str = "cpu", adapter: st
     """Load a trained model and its tokenizer from a run directory: `model, tokenizer = lmlab.load(run)`.
 
     which = "best" uses best.safetensors when the run kept one, else the latest weights; "last" the latest.
-    An n-gram model file (.arpa or .npz) loads too: the NGramLM is its own tokenizer (encode / decode).
+    An n-gram model file (.arpa, .npz or .lmbin) loads too: the NGramLM is its own tokenizer (encode / decode).
     `adapter`: a LoRA adapter directory (PEFT's files) merged into the weights at load; a bare adapter directory
     given as `path` loads onto the base run its adapter_config.json names (lmlab.lora.load_adapted).
     """
@@ -293,7 +298,7 @@ def load(path: str | Path, which: str = "best", device: str = "cpu", adapter: st
     run = Path(path)
     if not run.exists():
         raise LmlabError(f"{run} does not exist; give a run directory written by `lmlab train` "
-                         "or an n-gram model (.arpa / .npz).")
+                         "or an n-gram model (.arpa / .npz / .lmbin).")
     if is_ngram_file(run):
         from .models.ngram import load_ngram
 
@@ -305,7 +310,7 @@ def load(path: str | Path, which: str = "best", device: str = "cpu", adapter: st
 
             return load_adapted(run, which, device)
         raise LmlabError(f"{run} is not a run directory (no {MODEL_CONFIG} and {WEIGHTS}); "
-                         "give a directory written by `lmlab train` or an n-gram model (.arpa / .npz).")
+                         "give a directory written by `lmlab train` or an n-gram model (.arpa / .npz / .lmbin).")
     model = build_model(load_model_config(run))
     weights = run / BEST if which == "best" and (run / BEST).is_file() else run / WEIGHTS
     load_weights(model, weights, assign=True)

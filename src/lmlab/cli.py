@@ -113,7 +113,7 @@ VERBS = {
                                               "with a dotted flag, e.g. --model.n_layer 4 --train.max_iters 2000."),
     "eval": Verb("perplexity and bits per token/char/byte of a model on a text; BLEU / chrF / ROUGE of a seq2seq run",
                  "evaluate:eval_command", {
-                     "run": opt("run", help="run directory, or an n-gram model (.arpa / .npz)"),
+                     "run": opt("run", help="run directory, or an n-gram model (.arpa / .npz / .lmbin)"),
                      "data": opt("--data", required=True, help="a text file, or a val.bin/train.bin of lmlab prepare"),
                      "stride": opt("--stride", type=int, help="sliding-window stride (default block_size/2)"),
                      "context": CONTEXT,
@@ -185,7 +185,8 @@ VERBS = {
     "ngram": {
         "train": Verb("count and estimate an n-gram model (lmplz)", "models.ngram.verbs:train_command", {
             "order": opt("-o", "--order", type=int), "data": opt("--data", required=True, help="training text"),
-            "out": opt("--out", required=True, help="model file: .arpa (KenLM/SRILM readable) or .npz (fast reload)"),
+            "out": opt("--out", required=True, help="model file: .arpa (KenLM/SRILM readable), .lmbin (memory-mapped, "
+                         "fast queries) or .npz"),
             "tokenizer": opt("--tokenizer", metavar="word|char|jieba|TOKENIZER", help="word (as lmplz), char, "
                              "jieba (Chinese words), or a run's tokenizer.json / run directory: n-grams of its token "
                              "ids, to mix with that run"),
@@ -197,11 +198,36 @@ VERBS = {
             "prune": opt("--prune", nargs="+", type=int, metavar="N", help="drop n-grams seen at most N times, one "
                          "threshold per order, e.g. 0 0 1 (lmplz --prune)"),
             "limit_vocab_file": opt("--limit-vocab-file", metavar="F", help="keep only n-grams of these words"),
-            "encoding": opt("--encoding", help="encoding of the training text")}, (QUIET,)),
+            "encoding": opt("--encoding", help="encoding of the training text"),
+            "memory": opt("--memory", metavar="SIZE", help="count out of core, sorting blocks of this much memory, "
+                          "e.g. 4G, 500M or 80%% (lmplz -S); the same model (docs/ngram.md: what stays in memory)"),
+            "temp_dir": opt("--temp-dir", metavar="DIR", help="with --memory: where the sorted runs are spilled "
+                            "(default the system's temp dir; lmplz -T); removed after the build"),
+            "workers": opt("--workers", type=int, metavar="N", help="with --memory: tokenise and count in N "
+                           "processes")}, (QUIET,)),
         "query": Verb("score text from stdin (or --data) like KenLM's query", "models.ngram.verbs:query_command", {
-            "model": opt("model", help=".arpa or .npz model"),
+            "model": opt("model", help=".arpa, .npz or .lmbin model"),
             "data": opt("--data", help="text file to score instead of stdin"),
-            "summary": opt("--summary", action="store_true", help="print only the totals")}),
+            "summary": opt("--summary", action="store_true", help="print only the totals"),
+            "verify": opt("--verify", action="store_true", help=".lmbin: check the whole file's checksum first "
+                          "(loading checks only the header)")}),
+        "build-binary": Verb("an ARPA (or .npz) model as an .lmbin file: memory-mapped, loads in milliseconds, "
+                             "compiled queries (KenLM's build_binary)", "models.ngram.verbs:build_binary_command", {
+            "model": opt("model", help=".arpa (read streaming) or .npz model"),
+            "out": opt("out", help="the .lmbin file to write"),
+            "tokenizer": opt("--tokenizer", metavar="word|char|jieba|TOKENIZER", help="the model's token scheme, "
+                             "if not the one noted beside / inside it")}),
+        "prune": Verb("entropy-prune a trained model (Stolcke 1998, SRILM's ngram -prune)",
+                      "models.ngram.entropy_prune:prune_command", {
+            "model": opt("model", help=".arpa, .npz or .lmbin model to prune"),
+            "threshold": opt("--threshold", type=float, required=True, help="drop n-grams whose removal raises the "
+                             "perplexity by less than this relative amount, e.g. 1e-8 (SRILM -prune)"),
+            "out": opt("--out", required=True, help="pruned model: .arpa, .npz or .lmbin (by suffix)"),
+            "minprune": opt("--minprune", type=int, metavar="N", help="prune only n-grams of order N and above "
+                            "(default 2; SRILM -minprune)"),
+            "history_lm": opt("--history-lm", metavar="MODEL", help="take the context probabilities P(h) from this "
+                              "model (e.g. a Witten-Bell one of order N-1; SRILM -prune-history-lm), not the pruned "
+                              "one: better for Kneser-Ney models")}),
     },
     "convert": Verb("import / export Hugging Face GPT-2 and Llama / Qwen2 / Mistral checkpoints; import BERT ones "
                     "and GGUF files", "convert:convert_command", {
@@ -308,7 +334,7 @@ VERBS = {
                   "Chinese"),
         "max_iters": opt("--max-iters", type=int)}),
 }
-TOPICS = {"ngram": "n-gram LMs like KenLM: train (lmplz) an ARPA file, query it",
+TOPICS = {"ngram": "n-gram LMs like KenLM: train (lmplz) an ARPA file, build-binary it, query it",
           "classify": "text classification: train / eval / predict an encoder, LSTM or GPT classifier",
           "seq2seq": "encoder-decoder Transformer: prepare pairs, train, translate, pretrain"}
 

@@ -47,7 +47,7 @@ def load_models(paths, device: str = "cpu") -> list[Scored]:
     for path in map(Path, paths):
         model, tokenizer = load(path, device=device)
         require_causal(model, path)
-        name = path.name if path.suffix not in (".arpa", ".npz") else path.stem
+        name = path.name if path.suffix not in (".arpa", ".npz", ".lmbin") else path.stem
         while name in names:
             name = f"{path.parent.name}/{name}"
         names.add(name)

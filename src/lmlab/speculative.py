@@ -117,7 +117,7 @@ def speculative_steps(model, draft, prompt_ids: list[int], cfg, first_sequence: 
 
 
 def load_draft(path, tokenizer):
-    """A draft model for a run with this tokenizer: an n-gram file (.arpa / .npz, seen through the run's
+    """A draft model for a run with this tokenizer: an n-gram file (.arpa / .npz / .lmbin, seen through the run's
     tokenizer) or another run directory with the same tokenizer."""
     from .checkpoint import is_ngram_file, load
 

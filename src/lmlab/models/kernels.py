@@ -5,72 +5,34 @@ the weights in float32, float16 or int8 (WEIGHT_FORMAT).
 
 The kernels are plain C++ (no torch headers), built once with the system's C++ compiler
 (`c++ -O3 -march=native -fopenmp`, about two seconds) into ~/.cache/lmlab/kernels/ (or $XDG_CACHE_HOME), keyed
-by the source, the compiler and the CPU, and called through ctypes (which releases the GIL). They run their
-threads on the OpenMP runtime torch already loaded (the same libgomp.so.1), with torch's thread count. Without
-a compiler, on another platform, or with LMLAB_KERNELS=0, `available()` is False and decoding runs torch ops
-(with MKL's packed sgemm, layers.linear).
+by the source, the compiler and the CPU (lmlab.native, which the n-gram query kernel uses too), and called
+through ctypes (which releases the GIL). They run their threads on the OpenMP runtime torch already loaded (the
+same libgomp.so.1), with torch's thread count. Without a compiler, on another platform, or with LMLAB_KERNELS=0,
+`available()` is False and decoding runs torch ops (with MKL's packed sgemm, layers.linear).
 """
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
-import os
 import platform
-import shutil
-import subprocess
-import tempfile
 import weakref
 from pathlib import Path
 
 import torch
 
+from .. import native
+
 SOURCE = Path(__file__).with_name("decode_kernels.cpp")
 _lib: ctypes.CDLL | None | bool = None  # None: not tried yet; False: unavailable
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lmlab" / "kernels"
-
-
-def _cpu_signature() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line for line in f if line.startswith(("flags", "Features"))), platform.processor())
-    except OSError:
-        return platform.processor()
-
-
-def _build(compiler: str) -> Path:
-    """The compiled library for this source, compiler and CPU (built now if not cached); atomic write."""
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + compiler.encode() + _cpu_signature().encode()).hexdigest()[:16]
-    out = _cache_dir() / f"decode_kernels-{key}.so"
-    if out.exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-    os.close(fd)
-    try:
-        # (-fno-trapping-math lets floor() vectorize; no flag that changes what the arithmetic computes)
-        subprocess.run([compiler, "-O3", "-march=native", "-fno-trapping-math", "-fno-math-errno", "-fopenmp",
-                        "-shared", "-fPIC", "-std=c++17",
-                        str(SOURCE), "-o", tmp], check=True, capture_output=True, timeout=120)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
 
 
 def _load():
     global _lib
     if _lib is None:
         _lib = False
-        compiler = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
-        if os.environ.get("LMLAB_KERNELS", "1") != "0" and platform.system() == "Linux" and compiler:
+        lib = native.load_library(SOURCE, ("-fopenmp",))
+        if lib is not None:
             try:
-                lib = ctypes.CDLL(str(_build(compiler)))
                 lib.lmlab_small_gemm.restype = None
                 lib.lmlab_small_gemm.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
                                                  ctypes.c_int, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
@@ -85,8 +47,8 @@ def _load():
                                                    + [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 4
                                                    + [ctypes.c_void_p] * 5 + [ctypes.c_int] * 2)
                 _lib = lib
-            except (OSError, subprocess.SubprocessError):
-                pass  # no working compiler: MKL it is
+            except AttributeError:
+                pass  # a library without these symbols: MKL it is
     return _lib
 
 

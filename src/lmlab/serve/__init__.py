@@ -34,7 +34,7 @@ def model_name(spec: str) -> tuple[str, str]:
             raise LmlabError(f"{spec!r} is not NAME=PATH or a path; give e.g. tiny=runs/tiny.")
         return name, path
     path = Path(spec)
-    name = path.stem if path.suffix in (".arpa", ".npz") else path.resolve().name
+    name = path.stem if path.suffix in (".arpa", ".npz", ".lmbin") else path.resolve().name
     return name, spec
 
 

@@ -9,18 +9,22 @@ what it reads and what it writes; the lmplz stage is in brackets):
     estimate.py  counts -> log10 probabilities and backoffs (MKN, Witten-Bell, add-k)         [initial_probabilities,
                                                                                                interpolate]
     prune.py     --prune / --limit-vocab-file: keep masks, then the tables renumbered
+    entropy_prune.py  a trained model -> a smaller one: Stolcke's entropy pruning (`ngram prune`) [SRILM -prune]
     arpa.py      tables <-> ARPA text                                                         [output]
+    binary.py    tables <-> .lmbin (memory-mapped; compiled queries, query_kernels.cpp)       [build_binary]
+    bounded.py   the same passes out of core (`ngram train --memory`, spill/merge in external.py) [lmplz -S / -T]
 
 The query side: tables.py (the sorted tables and their lookups), model.py (NGramLM; NGramLM.train runs the
 passes), vocab.py (Vocab, NGramTokenizer), sample.py (sentences drawn from a model), tokens.py (a model seen
 through a run's tokenizer: a speculative-decoding draft), verbs.py (`lmlab ngram train` / `query` as library
-calls). Text is cut into words by a token scheme of lmlab.splitting. Everything is NumPy; torch is imported only
-by the causal-LM calls.
+calls). Text is cut into words by a token scheme of lmlab.splitting. Everything is NumPy (scoring also in a compiled
+kernel, binary.py, with the NumPy path as its fallback); torch is imported only by the causal-LM calls.
 """
 from ...splitting import SPACE_SYMBOL
 from .arpa import tokenizer_file
 from .count import Counts, count_ngrams, unique_groups
 from .discount import FALLBACK_DISCOUNTS, adjusted_counts, mkn_discounts
+from .entropy_prune import entropy_prune
 from .estimate import SMOOTHINGS
 from .model import NGramLM
 from .tables import LN10, NGramTables
@@ -31,6 +35,6 @@ from .vocab import BOS, BOS_ID, EOS, EOS_ID, SPECIALS, UNK, UNK_ID, NGramTokeniz
 __all__ = [
     "BOS", "BOS_ID", "Counts", "EOS", "EOS_ID", "FALLBACK_DISCOUNTS", "LN10", "NGramLM", "NGramOverTokens",
     "NGramTables", "NGramTokenizer", "SMOOTHINGS", "SPACE_SYMBOL", "SPECIALS", "UNK", "UNK_ID", "Vocab",
-    "adjusted_counts", "count_ngrams", "load_ngram", "mkn_discounts", "query_report", "tokenizer_file", "train_file",
-    "unique_groups",
+    "adjusted_counts", "count_ngrams", "entropy_prune", "load_ngram", "mkn_discounts", "query_report",
+    "tokenizer_file", "train_file", "unique_groups",
 ]

@@ -2,10 +2,13 @@
 
 Write reads a Vocab and one NGramTables per order and writes standard ARPA: the \\data\\ counts, then one section
 per order, lines "log10prob<TAB>w1 .. wn[<TAB>log10backoff]". Read parses any ARPA file (lmplz's, SRILM's, ours)
-back into a Vocab and tables; every malformation is an LmlabError naming the file and line.
+back into a Vocab and tables, streaming (a chunk of lines at a time: memory about the final arrays, not the file);
+every malformation is an LmlabError naming the file and line.
 """
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import re
 from pathlib import Path
@@ -140,44 +143,112 @@ def _fields(text: str) -> list[str]:
     return list(filter(None, text.replace("\t", " ").replace("\r", " ").replace("\n", " ").split(" ")))
 
 
+_CHUNK = 1 << 14  # lines parsed at a time: the reader holds one chunk of text, the arrays grow chunk by chunk
+
+
 class _ArpaReader:
-    """Line-numbered reader that turns every malformation into 'FILE:LINE: what is wrong'."""
+    """Streaming, line-numbered reader (one chunk of lines in memory at a time) that turns every malformation
+    into 'FILE:LINE: what is wrong'. `i` counts the lines consumed; lines can be pushed back."""
 
     def __init__(self, path: Path):
         self.path = path
         if not path.is_file():
             raise LmlabError(f"{path} does not exist.")
-        data = path.read_bytes()
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            line = data.count(b"\n", 0, e.start) + 1
-            raise LmlabError(f"{path}:{line}: the ARPA file is not UTF-8 (bad byte at offset {e.start}).") from None
-        self.lines = text.split("\n")
+        self.f = open(path, "rb")
         self.i = 0
+        self.offset = 0  # bytes read from the file
+        self.pushed: list[str] = []
+        self.last_newline = True  # did the last line read end with a newline (then one more, empty, line follows)
+
+    def close(self):
+        self.f.close()
+
+    @property
+    def end_line(self) -> int:
+        """The number of the last line (str.split("\n") counts an empty one after a final newline)."""
+        return self.i + 1 if self.last_newline else self.i
+
+    def take(self, k: int) -> list[str]:
+        """Up to k more lines (fewer at the end of the file), without their newlines."""
+        out, self.pushed = self.pushed[:k], self.pushed[k:]
+        if len(out) < k:
+            raw = list(itertools.islice(self.f, k - len(out)))
+            if raw:
+                data = b"".join(raw)
+                try:
+                    text = data.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    line = self.i + len(out) + data.count(b"\n", 0, e.start) + 1
+                    raise LmlabError(f"{self.path}:{line}: the ARPA file is not UTF-8 (bad byte at offset "
+                                     f"{self.offset + e.start}).") from None
+                self.offset += len(data)
+                self.last_newline = text.endswith("\n")
+                out += (text[:-1] if self.last_newline else text).split("\n")
+        self.i += len(out)
+        return out
+
+    def push_back(self, lines: list[str]) -> None:
+        self.pushed = list(lines) + self.pushed
+        self.i -= len(lines)
 
     def error(self, message: str, line: int | None = None):
         line = self.i if line is None else line
         return LmlabError(f"{self.path}:{line}: {message}")
 
     def next_nonblank(self, what: str) -> str:
-        while self.i < len(self.lines):
-            line = self.lines[self.i].strip(_BLANKS)
-            self.i += 1
+        while True:
+            got = self.take(1)
+            if not got:
+                raise self.error(f"the file ends early (truncated?) while expecting {what}.", self.end_line)
+            line = got[0].strip(_BLANKS)
             if line:
                 return line
-        raise self.error(f"the file ends early (truncated?) while expecting {what}.", len(self.lines))
+
+
+class _LineNumbers:
+    """The file line of each entry of a section: runs of consecutive lines (bulk-parsed chunks) or explicit lists."""
+
+    def __init__(self):
+        self.entry_starts: list[int] = []
+        self.runs: list = []  # (first line) or a list of lines
+        self.total = 0
+
+    def add_run(self, first_line: int, count: int) -> None:
+        self.entry_starts.append(self.total)
+        self.runs.append(first_line)
+        self.total += count
+
+    def add_list(self, lines: list[int]) -> None:
+        if lines:
+            self.entry_starts.append(self.total)
+            self.runs.append(list(lines))
+            self.total += len(lines)
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __getitem__(self, i: int) -> int:
+        k = bisect.bisect_right(self.entry_starts, i) - 1
+        run = self.runs[k]
+        return run[i - self.entry_starts[k]] if isinstance(run, list) else run + i - self.entry_starts[k]
 
 
 def read_arpa(path) -> tuple[Vocab, list[NGramTables]]:
-    """Read an ARPA file (lmplz, SRILM, ours). Missing prefixes (pruned SRILM models) get blank entries."""
+    """Read an ARPA file (lmplz, SRILM, ours), streaming: memory is about the final arrays, not the file. Missing
+    prefixes (pruned SRILM models) get blank entries."""
     r = _ArpaReader(Path(path))
+    try:
+        return _read(r)
+    finally:
+        r.close()
+
+
+def _read(r: _ArpaReader) -> tuple[Vocab, list[NGramTables]]:
     while True:  # text before \data\ is allowed (SRILM and others write comments)
-        if r.i >= len(r.lines):
+        got = r.take(1)
+        if not got:
             raise r.error("no \\data\\ header; this is not an ARPA language model.", 1)
-        line = r.lines[r.i].strip(_BLANKS)
-        r.i += 1
-        if line == "\\data\\":
+        if got[0].strip(_BLANKS) == "\\data\\":
             break
     declared: list[int] = []
     while True:
@@ -185,7 +256,7 @@ def read_arpa(path) -> tuple[Vocab, list[NGramTables]]:
         m = _COUNT_LINE.match(line)
         if not m:
             if line.startswith("\\"):
-                r.i -= 1
+                r.push_back([line])
                 break
             raise r.error(f"expected 'ngram N=COUNT' in the \\data\\ header, found {line[:60]!r}.")
         if int(m.group(1)) != len(declared) + 1:
@@ -201,24 +272,24 @@ def read_arpa(path) -> tuple[Vocab, list[NGramTables]]:
             raise r.error(f"expected \\{n}-grams: but found {header[:60]!r}.")
         sections.append(_read_section(r, n, declared[n - 1], n == order, index))
         if n == 1:  # the vocabulary, numbered as _build_from_sections numbers it
-            words = list(SPECIALS) + [w[0] for w in sections[0][0] if w[0] not in SPECIALS]
+            words = list(SPECIALS) + [w for w in sections[0][0] if w not in SPECIALS]
             index = _MissingMinusOne((w, i) for i, w in enumerate(words))
+            if len(index) >= 2 ** 31:
+                raise r.error("the \\1-grams: section holds 2**31 words or more.")
     end = r.next_nonblank("\\end\\")
     if end != "\\end\\":
         raise r.error(f"expected \\end\\ after the {order}-grams, found {end[:60]!r}.")
     return _build_from_sections(sections, r)
 
 
-def _read_section_fast(r: _ArpaReader, n: int, count: int, last: bool, index: dict | None):
-    """A well-formed section parsed in bulk (one split, NumPy number parsing); None if anything looks off,
-    and then the line-by-line reader below finds and names the problem."""
-    start = r.i
-    if index is None or n < 2 or start + count > len(r.lines):
+def _parse_chunk_fast(lines: list[str], n: int, last: bool, index: dict | None):
+    """A chunk of well-formed entry lines parsed in bulk (one split, NumPy number parsing): (words or ids, probs,
+    backoffs); None if anything looks off, and then the line-by-line parser names the problem."""
+    text = "\n".join(lines)
+    if text.startswith("\\") or "\n\\" in text:
         return None
-    following = r.lines[start + count].strip(_BLANKS) if start + count < len(r.lines) else ""
-    if following and not following.startswith("\\"):
-        return None
-    flat = _fields("\n".join(r.lines[start:start + count]))
+    flat = _fields(text)
+    count = len(lines)
     widths = (n + 1,) if last else (n + 2, n + 1)
     k = next((w for w in widths if len(flat) == count * w), None)
     if k is None:
@@ -230,13 +301,14 @@ def _read_section_fast(r: _ArpaReader, n: int, count: int, last: bool, index: di
         return None
     if np.isnan(probs).any() or np.isnan(backoffs).any():
         return None
-    ids = np.empty((count, n), dtype=np.int64)
+    if index is None:  # the unigrams: their words
+        return flat[1::k], probs, backoffs
+    ids = np.empty((count, n), dtype=np.int32)
     for c in range(n):
         ids[:, c] = np.fromiter(map(index.__getitem__, flat[1 + c::k]), dtype=np.int64, count=count)
     if (ids < 0).any():
         return None
-    r.i = start + count
-    return ids, probs, backoffs, np.arange(start + 1, start + count + 1)
+    return ids, probs, backoffs
 
 
 class _MissingMinusOne(dict):
@@ -244,57 +316,97 @@ class _MissingMinusOne(dict):
         return -1
 
 
+def _parse_line(r: _ArpaReader, line: str, line_no: int, n: int, last: bool, index: dict | None):
+    """(word or id row, prob, backoff) of one entry line, or an LmlabError naming what is wrong."""
+    parts = _fields(line)
+    if len(parts) == n + 1:
+        bo = 0.0
+    elif len(parts) == n + 2 and not last:
+        bo = _number(r, parts[-1], "backoff", line_no)
+    else:
+        raise r.error(f"a {n}-gram line needs a log10 probability, {n} word(s)"
+                      f"{'' if last else ' and an optional backoff'}; found {len(parts)} field(s).", line_no)
+    prob = _number(r, parts[0], "log10 probability", line_no)
+    words = parts[1:n + 1]
+    if index is None:
+        return words[0], prob, bo
+    ids = [index[w] for w in words]
+    if min(ids) < 0:
+        raise r.error(f"the {n}-gram {' '.join(words)!r} uses a word missing from the \\1-grams: section.",
+                      line_no)
+    return ids, prob, bo
+
+
 def _read_section(r: _ArpaReader, n: int, count: int, last: bool, index: dict | None = None):
-    """(words, prob, backoff, line numbers) of one section, checking fields and the declared count."""
-    fast = _read_section_fast(r, n, count, last, index)
-    if fast is not None:
-        return fast
-    words, probs, backoffs, line_nos = [], [], [], []
+    """(words (order 1) or word-id rows, prob, backoff, line numbers) of one section, read chunk by chunk; checks
+    fields and the declared count."""
     section_line = r.i
-    while r.i < len(r.lines):
-        raw = r.lines[r.i]
-        line = raw.strip(_BLANKS)
-        if not line:
-            r.i += 1
-            if len(words) >= count:
-                break
-            continue
-        if line.startswith("\\"):
+    entries, probs, backoffs, line_nos = [], [], [], _LineNumbers()
+    got, stop = 0, False
+    while not stop:
+        # up to the declared count, then line by line until a blank line or the next section (extra entries)
+        lines = r.take(min(count - got, _CHUNK) if got < count else 1)
+        if not lines:
             break
-        r.i += 1
-        parts = _fields(line)
-        if len(parts) == n + 1:
-            bo = 0.0
-        elif len(parts) == n + 2 and not last:
-            bo = _number(r, parts[-1], "backoff")
-        else:
-            raise r.error(f"a {n}-gram line needs a log10 probability, {n} word(s)"
-                          f"{'' if last else ' and an optional backoff'}; found {len(parts)} field(s).")
-        probs.append(_number(r, parts[0], "log10 probability"))
-        backoffs.append(bo)
-        words.append(tuple(parts[1:n + 1]))
-        line_nos.append(r.i)
-    if len(words) != count:
-        if r.i >= len(r.lines) and len(words) < count:
-            raise r.error(f"the file ends after {len(words)} of the {count} {n}-grams the header declares "
-                          f"(truncated?).", len(r.lines))
-        raise r.error(f"the \\{n}-grams: section has {len(words)} entries but the \\data\\ header declares "
+        first = r.i - len(lines) + 1
+        fast = _parse_chunk_fast(lines, n, last, index) if got < count else None
+        if fast is not None:
+            entries.append(fast[0])
+            probs.append(fast[1])
+            backoffs.append(fast[2])
+            line_nos.add_run(first, len(lines))
+            got += len(lines)
+            continue
+        rows, p, b, nos = [], [], [], []
+        for j, raw in enumerate(lines):
+            line = raw.strip(_BLANKS)
+            if not line:
+                if got + len(rows) >= count:
+                    r.push_back(lines[j + 1:])
+                    stop = True
+                    break
+                continue
+            if line.startswith("\\"):
+                r.push_back(lines[j:])
+                stop = True
+                break
+            row, prob, bo = _parse_line(r, line, first + j, n, last, index)
+            rows.append(row)
+            p.append(prob)
+            b.append(bo)
+            nos.append(first + j)
+        if rows:
+            entries.append(rows if index is None else np.array(rows, dtype=np.int32).reshape(-1, n))
+            probs.append(np.array(p, dtype=np.float64))
+            backoffs.append(np.array(b, dtype=np.float64))
+            line_nos.add_list(nos)
+            got += len(rows)
+    if got != count:
+        if not stop and got < count:
+            raise r.error(f"the file ends after {got} of the {count} {n}-grams the header declares "
+                          f"(truncated?).", r.end_line)
+        raise r.error(f"the \\{n}-grams: section has {got} entries but the \\data\\ header declares "
                       f"{count}.", section_line)
-    return words, np.array(probs, dtype=np.float64), np.array(backoffs, dtype=np.float64), line_nos
+    if index is None:
+        words = [w for part in entries for w in part]
+    else:
+        words = np.concatenate(entries) if entries else np.zeros((0, n), dtype=np.int32)
+    cat = (lambda parts: np.concatenate(parts) if parts else np.zeros(0))
+    return words, cat(probs), cat(backoffs), line_nos
 
 
-def _number(r: _ArpaReader, text: str, what: str) -> float:
+def _number(r: _ArpaReader, text: str, what: str, line_no: int) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise r.error(f"the {what} {text[:40]!r} is not a number.") from None
+        raise r.error(f"the {what} {text[:40]!r} is not a number.", line_no) from None
     if math.isnan(value):
-        raise r.error(f"the {what} is NaN.")
+        raise r.error(f"the {what} is NaN.", line_no)
     return value
 
 
 def _build_from_sections(sections, r: _ArpaReader) -> tuple[Vocab, list[NGramTables]]:
-    uni_words = [w[0] for w in sections[0][0]]
+    uni_words = sections[0][0]
     vocab_words = list(SPECIALS) + [w for w in uni_words if w not in SPECIALS]
     vocab = Vocab(vocab_words)
     if len(set(uni_words)) != len(uni_words):
@@ -308,8 +420,7 @@ def _build_from_sections(sections, r: _ArpaReader) -> tuple[Vocab, list[NGramTab
     if BOS in vocab.index and BOS not in uni_words:
         prob1[BOS_ID] = 0.0
     tables = [NGramTables(np.arange(V, dtype=np.int64), prob1, bo1)]
-    word_ids = [None] + [s[0] if isinstance(s[0], np.ndarray) else _words_to_ids(vocab, s[0], n + 1, r, s[3])
-                         for n, s in enumerate(sections[1:], start=1)]
+    word_ids = [None] + [s[0] for s in sections[1:]]  # checked against the vocabulary while reading
     # every prefix of an n-gram must be an (n-1)-gram; when a (pruned SRILM) file lacks some, add blanks
     tables = (_assemble_tables(V, tables, word_ids, sections, r, None)
               or _assemble_tables(V, tables, word_ids, sections, r, _missing_prefixes(word_ids)))
@@ -339,7 +450,7 @@ def _assemble_tables(V: int, unigram_tables, word_ids, sections, r, extra) -> li
             wids = np.vstack([wids, extra[n]])
             probs = np.concatenate([probs, blank_probs])
             bos = np.concatenate([bos, np.zeros(len(extra[n]))])
-        prefix_rows = rows_of(tables, wids[:, :-1])
+        prefix_rows = rows_of(tables, wids[:, :-1].astype(np.int64))
         if (prefix_rows < 0).any():
             if extra is None:
                 return None
@@ -352,16 +463,6 @@ def _assemble_tables(V: int, unigram_tables, word_ids, sections, r, extra) -> li
             raise r.error(f"this {n + 1}-gram appears twice in its section.", sections[n][3][min(dup, len(sections[n][3]) - 1)])
         tables.append(NGramTables(keys, probs[first], bos[first]))
     return tables
-
-
-def _words_to_ids(vocab: Vocab, words: list[tuple], n: int, r: _ArpaReader, line_nos) -> np.ndarray:
-    flat = [w for t in words for w in t]
-    ids = np.array([vocab.index.get(w, -1) for w in flat], dtype=np.int64).reshape(-1, n)
-    if (ids < 0).any():
-        bad = int(np.flatnonzero((ids < 0).any(axis=1))[0])
-        raise r.error(f"the {n}-gram {' '.join(words[bad])!r} uses a word missing from the \\1-grams: section.",
-                      line_nos[bad])
-    return ids
 
 
 def _rows_not_in(rows: np.ndarray, table: np.ndarray) -> np.ndarray:

@@ -30,7 +30,12 @@ def adjusted_counts(counts: list[Counts]) -> list[np.ndarray]:
 
 def mkn_discounts(adjusted: np.ndarray, order: int, fallback, name: str) -> np.ndarray:
     """[0, D1, D2, D3+] from counts-of-counts n1..n4 (Chen & Goodman 1998, eq. 26), or the fallback."""
-    n = np.bincount(np.minimum(adjusted, 5), minlength=6)[:5]
+    return discounts_of(np.bincount(np.minimum(adjusted, 5), minlength=6)[:5], order, fallback, name)
+
+
+def discounts_of(n: np.ndarray, order: int, fallback, name: str) -> np.ndarray:
+    """mkn_discounts from the counts-of-counts n[k] = how many n-grams have adjusted count k (k = 0..4; the
+    bounded build sums them block by block)."""
     problem = None
     if (n[1:4] == 0).any():
         k = int(np.flatnonzero(n[1:4] == 0)[0]) + 1

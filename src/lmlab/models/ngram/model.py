@@ -1,7 +1,8 @@
 """NGramLM: the trained model and its queries (lmlab's causal-LM calls, the kenlm.Model API, files).
 
 Reads: a Vocab, one NGramTables per order and the token scheme the words were cut with (lmlab.splitting), from
-the passes, an ARPA file or an .npz. Writes: scores, next-token distributions, samples, ARPA / .npz files.
+the passes, an ARPA file, an .npz or an .lmbin (binary.py, whose compiled kernel scores when it can). Writes: scores,
+next-token distributions, samples, ARPA / .npz files.
 `NGramLM.train` runs the builder's passes in lmplz's order: corpus -> count -> discount -> estimate (-> prune).
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 from ...errors import LmlabError
 from ...files import atomic_open, atomic_write_text
 from ...splitting import ARPA_DEFAULT, scheme_from_note, token_scheme
-from . import arpa, corpus, count, discount, estimate, tables as tbl
+from . import arpa, binary, corpus, count, discount, estimate, tables as tbl
 from .prune import allowed_words, apply_pruning, keep_masks, prune_thresholds
 from .sample import BatchSampler
 from .tables import LN10, NGramTables
@@ -37,6 +38,7 @@ class NGramLM:
         self.info = info or {}
         self.order = len(tables)
         self.vocab_size = len(vocab)
+        self.query_index = None  # binary.QueryIndex: the arrays the compiled queries read (binary.index_of)
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{n + 1}-grams {len(t.keys):,}" for n, t in enumerate(self.tables))
@@ -109,7 +111,7 @@ class NGramLM:
         """Natural-log probability of every id, each sentence's context starting at <s> (reset after </s>)."""
         ids = np.asarray(ids.tolist() if hasattr(ids, "tolist") else ids, dtype=np.int64).reshape(-1)
         stream, dist, keep = _stream_from_ids(ids)
-        logp, _ = tbl.log10_stream(self.tables, stream, dist)
+        logp, _ = self.log10_stream(stream, dist)
         return logp[keep] * LN10
 
     def logprobs_next(self, ids, state=None, pad=None):
@@ -154,27 +156,56 @@ class NGramLM:
         start = BOS_ID if bos else -1  # -1 matches nothing: an empty context, like kenlm's NullContextState
         tokens = np.concatenate(([start], word_ids, [EOS_ID] if eos else [])).astype(np.int64)
         dist = np.arange(len(tokens), dtype=np.int64)
-        logp, length = tbl.log10_stream(self.tables, tokens, dist)
+        logp, length = self.log10_stream(tokens, dist)
         return logp[1:], length[1:]
 
     def perplexity(self, lines) -> float:
         """Perplexity over sentences (each line + </s>), OOVs included: the kenlm.Model API (log10 based), like
         KenLM's ``query``."""
-        result = self.query_lines(lines.rstrip("\n").split("\n") if isinstance(lines, str) else lines)
+        result = self.query_lines(lines.rstrip("\n").split("\n") if isinstance(lines, str) else lines,
+                                  per_token=False)
         return result["perplexity"]
 
-    def query_lines(self, lines: Iterable[str]) -> dict:
-        """Score lines in one vectorised pass: totals like KenLM ``query`` plus per-token arrays (log10)."""
+    def score_text(self, text) -> dict:
+        """Totals of a text (str, or UTF-8 bytes), each line a sentence, like KenLM ``query``'s summary: "total"
+        (log10), "tokens", "oov", "perplexity", "perplexity_excluding_oov". The fast path from text to numbers."""
+        index = binary.index_of(self) if self.scheme.name == "word" else None
+        if index is None:
+            text = text.decode("utf-8") if isinstance(text, bytes) else text
+            return self.query_lines(text.rstrip("\n").split("\n") if text else [], per_token=False)
+        r = index.score_text(text if isinstance(text, bytes) else text.encode("utf-8"), per_token=False)
+        r["perplexity"] = 10.0 ** (-r["total"] / max(r["tokens"], 1))
+        r["perplexity_excluding_oov"] = 10.0 ** (-r.pop("excl") / max(r["tokens"] - r["oov"], 1))
+        return r
+
+    def log10_stream(self, stream: np.ndarray, dist: np.ndarray):
+        """tables.log10_stream: in the compiled kernel (binary.py) where it is available, else in NumPy."""
+        index = binary.index_of(self)
+        return index.log10_stream(stream, dist) if index else tbl.log10_stream(self.tables, stream, dist)
+
+    def query_lines(self, lines: Iterable[str], per_token: bool = True) -> dict:
+        """Score lines in one pass: totals like KenLM ``query`` plus per-token arrays (log10; not with
+        per_token=False). The word scheme goes from the text's bytes to the totals in the compiled kernel."""
         lines = list(lines)
-        word_ids, lengths = self.text_tokenizer.line_ids(lines)
-        stream, dist = corpus.sentence_stream(word_ids, lengths)
-        logp, length = tbl.log10_stream(self.tables, stream, dist)
-        predicted = dist >= 1
-        oov = (stream == UNK_ID) & predicted
-        total = float(logp[predicted].sum())
-        n_tokens = int(predicted.sum())
-        n_oov = int(oov.sum())
-        excl = float(logp[predicted & ~oov].sum())
+        index = binary.index_of(self) if self.scheme.name == "word" else None
+        if index is not None:
+            r = index.score_text(("\n".join(lines) + "\n").encode("utf-8") if lines else b"", per_token)
+            total, n_tokens, n_oov, excl = r["total"], r["tokens"], r["oov"], r["excl"]
+            if per_token:
+                stream, logp, length = r["stream"], r["log10"], r["length"]
+                dist = corpus.sentence_stream(np.zeros(int(r["line_words"].sum()), np.int64), r["line_words"])[1]
+        else:
+            word_ids, lengths = self.text_tokenizer.line_ids(lines)
+            stream, dist = corpus.sentence_stream(word_ids, lengths)
+            logp, length = self.log10_stream(stream, dist)
+            predicted = dist >= 1
+            oov = (stream == UNK_ID) & predicted
+            total = float(logp[predicted].sum())
+            n_tokens = int(predicted.sum())
+            n_oov = int(oov.sum())
+            excl = float(logp[predicted & ~oov].sum())
+        if not per_token:
+            stream = dist = logp = length = None
         return {
             "stream": stream, "dist": dist, "log10": logp, "length": length,
             "total": total, "tokens": n_tokens, "oov": n_oov, "sentences": len(lines),

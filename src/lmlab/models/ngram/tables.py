@@ -35,6 +35,8 @@ def lookup(tables: list[NGramTables], n: int, prefix_rows, words: np.ndarray) ->
     if n == 1:
         return np.where((words >= 0) & (words < V), words, -1)
     query = prefix_rows * V + words
+    if len(keys) == 0:  # an order emptied by pruning
+        return np.full(np.shape(query), -1, dtype=np.int64)
     row = np.searchsorted(keys, query)
     row_c = np.minimum(row, len(keys) - 1)
     found = (prefix_rows >= 0) & (len(keys) > 0) & (keys[row_c] == query)
