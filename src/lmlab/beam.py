@@ -29,7 +29,8 @@ def beam_search(model, tokenizer, prompt_ids: list[int], cfg) -> list[Completion
     batch = Batch(model)
     logprobs = batch.add(beams) if steps else None
     scores = torch.zeros(1, device=model.device)
-    finished: list[tuple[float, list[int], list[float], str]] = []  # (score, tokens, their log p, reason)
+    finished: list[tuple[float, list[int], list[float], str, float]] = []  # (score, tokens, their log p, reason,
+    # log p of the end-of-text token)
     norm = lambda total, length: total / max(length, 1) ** cfg.length_penalty  # noqa: E731
     for step in range(steps):
         processed = torch.cat([sampling.process_history(logprobs[i:i + 1], b.history) for i, b in enumerate(beams)])
@@ -44,7 +45,7 @@ def beam_search(model, tokenizer, prompt_ids: list[int], cfg) -> list[Completion
                 break
             lps = beams[row].logprobs + [float(logprobs[row, token])]
             if token in ends:
-                finished.append((norm(total, step + 1), list(beams[row].tokens), lps[:-1], "stop"))
+                finished.append((norm(total, step + 1), list(beams[row].tokens), lps[:-1], "stop", lps[-1]))
             else:
                 parents.append(row)
                 keep.append((token, total, lps))
@@ -59,10 +60,11 @@ def beam_search(model, tokenizer, prompt_ids: list[int], cfg) -> list[Completion
             logprobs = batch.step()
     else:
         keep = None
-    running = [(norm(float(s), len(b.tokens)), b.tokens, b.logprobs, "length")
+    running = [(norm(float(s), len(b.tokens)), b.tokens, b.logprobs, "length", 0.0)
                for s, b in zip(scores.tolist(), beams)] if keep is None else []
     best = sorted(finished + running, key=lambda h: -h[0])[:cfg.num_return_sequences]
-    return [_completion(tokenizer, cfg, tokens, lps, reason, prompt_ids[-1:]) for _, tokens, lps, reason in best]
+    return [_completion(tokenizer, cfg, tokens, lps, reason, prompt_ids[-1:], end)
+            for _, tokens, lps, reason, end in best]
 
 
 def _child(parent: Row, token: int, logprobs: list[float]) -> Row:
@@ -72,7 +74,7 @@ def _child(parent: Row, token: int, logprobs: list[float]) -> Row:
     return row
 
 
-def _completion(tokenizer, cfg, tokens, lps, reason, context) -> Completion:
+def _completion(tokenizer, cfg, tokens, lps, reason, context, end_logprob: float = 0.0) -> Completion:
     """A finished hypothesis as text, cut at the first stop string by the rows' own finishing rule."""
     row = Row(context, None, None, len(tokens), StopText(tokenizer, cfg.stop, context))
     for token, lp in zip(tokens, lps):
@@ -80,7 +82,10 @@ def _completion(tokenizer, cfg, tokens, lps, reason, context) -> Completion:
         if row.finish:
             break
     done = row.completion()
-    return Completion(done.text, done.token_ids, done.logprobs, "stop" if row.finish == "stop" else reason)
+    if row.finish == "stop" and len(done.token_ids) < len(tokens):
+        end_logprob = 0.0  # cut at a stop string: the end-of-text token is not part of it
+    return Completion(done.text, done.token_ids, done.logprobs, "stop" if row.finish == "stop" else reason,
+                      end_logprob)
 
 
 def _done(finished, keep, k, step, norm) -> bool:

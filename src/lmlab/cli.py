@@ -182,6 +182,28 @@ VERBS = {
                            "weight tuned on the first half of the text, bits per byte on the second half"),
         "context": CONTEXT,
     }, (DEVICE,)),
+    "rescore": Verb("re-rank n-best lists with n-gram / neural / mixed language models, weights tuned on a dev "
+                    "list", "rescore:rescore_command", {
+        "nbest": opt("nbest", metavar="NBEST", help="n-best TSV: id <TAB> hypothesis <TAB> score [<TAB> score ...] "
+                     "(what `seq2seq translate --n-best K` writes)"),
+        "lm": opt("--lm", action="append", required=True, metavar="MODEL", help="an n-gram file or a run of any "
+                  "causal family (repeat for a mixture)"),
+        "weights": opt("--weights", nargs="+", type=float, metavar="W", help="mixture weights of the --lm models"),
+        "mix": opt("--mix", metavar="auto|linear|log-linear", help="how several LMs combine (default auto: linear "
+                   "per token when they split text into the same tokens, else log-linear per sentence)"),
+        "score_weights": opt("--score-weights", nargs="+", type=float, metavar="W", help="weights of the n-best "
+                             "file's score columns (default 1 each)"),
+        "lm_weight": opt("--lm-weight", type=float, metavar="LAMBDA", help="fixed LM weight (default: tuned with "
+                         "--dev, else 0.5)"),
+        "length_bonus": opt("--length-bonus", type=float, metavar="BETA", help="fixed per-word bonus (default: "
+                            "tuned with --dev, else 0)"),
+        "dev": opt("--dev", metavar="DEV_NBEST", help="n-best list to tune lambda and beta on (with --refs)"),
+        "refs": opt("--refs", metavar="DEV_REFS", help="references of --dev, one line per id"),
+        "test_refs": opt("--test-refs", metavar="REFS", help="references of NBEST: the metric before and after"),
+        "metric": opt("--metric", help="bleu (default), chrf, wer or cer"),
+        "out": opt("--out", help="write the 1-best lines here (default stdout)"),
+        "context": CONTEXT,
+    }, (DEVICE,)),
     "ngram": {
         "train": Verb("count and estimate an n-gram model (lmplz)", "models.ngram.verbs:train_command", {
             "order": opt("-o", "--order", type=int), "data": opt("--data", required=True, help="training text"),
@@ -300,7 +322,12 @@ VERBS = {
                           "tasks.translate:translate_command", {
                               "run": opt("run", help="seq2seq run directory"),
                               "input": opt("--input", help="input file (default '-': stdin)"),
-                              "batch_size": opt("--batch-size", type=int, help="sources decoded together (64)")},
+                              "batch_size": opt("--batch-size", type=int, help="sources decoded together (64)"),
+                              "n_best": opt("--n-best", type=int, metavar="K", help="write the K best beam "
+                                            "hypotheses per line with their log p, as lmlab rescore's TSV "
+                                            "(needs --num-beams K or more)"),
+                              "out": opt("--out", help="write the output to this file (atomically) instead of "
+                                         "stdout")},
                           (GENERATION.pick("num_beams", "length_penalty", "max_new_tokens", "temperature", "top_k",
                                            "top_p", "seed", temperature=0.0), DEVICE)),
         "pretrain": Verb("denoising-autoencoder pretraining on monolingual text", "tasks.translate:pretrain_command", {

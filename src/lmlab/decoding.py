@@ -83,6 +83,7 @@ class Completion:
     token_ids: list[int]  # the tokens behind `text` (up to and including the one that completed a stop string)
     logprobs: list[float]  # the model's natural-log probability of each of token_ids
     finish_reason: str  # "stop" (a stop string or end-of-text) or "length"
+    end_logprob: float = 0.0  # beam search: log p of the end-of-text token that finished it (0 when none did)
 
 
 # --------------------------------------------------------------------------- one sequence

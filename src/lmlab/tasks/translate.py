@@ -4,7 +4,8 @@ output (BLEU / chrF / ROUGE, lmlab.metrics), and denoising pretraining prepares 
 
 Input lines are stripped; an empty input line gives an empty output line, so line numbers stay aligned. A line
 longer than the model's block_size is cut to its first block_size - 1 tokens (a note on stderr says how many), and
-the output is the translation of the cut line.
+the output is the translation of the cut line. With --n-best K the K best beam hypotheses of each line are written
+with their model log-probabilities as the n-best TSV that `lmlab rescore` reads (docs/rescore.md).
 """
 from __future__ import annotations
 
@@ -91,6 +92,42 @@ def translate(model, tokenizer, lines: list[str], cfg=None, batch_size: int = 64
     return out
 
 
+def translate_nbest(model, tokenizer, lines: list[str], cfg, n_best: int, progress: bool = False,
+                    warn: bool = True) -> list[list[tuple[str, float]]]:
+    """The n_best best beam-search hypotheses of each input line, best first, each with its model log-probability
+    (natural log: the sum over its tokens and the end-of-text token that finished it; a hypothesis cut at the
+    token limit has no end token). An empty input line gives one empty hypothesis of log-probability 0."""
+    from dataclasses import replace
+
+    from tqdm import tqdm
+
+    from ..generate import beam_search
+
+    if not isinstance(n_best, int) or n_best < 1:
+        raise LmlabError(f"--n-best must be a whole number >= 1, got {n_best!r}.")
+    if cfg.num_beams < n_best:
+        raise LmlabError(f"--n-best {n_best} needs at least as many beams; give --num-beams {n_best} or more "
+                         f"(got {cfg.num_beams}).")
+    cfg = replace(cfg, num_return_sequences=n_best, max_new_tokens=min(cfg.max_new_tokens, model.cfg.block_size))
+    cfg.validate()
+    model.eval()
+    sources = encode_sources(model, tokenizer, lines, warn=warn)
+    out: list[list[tuple[str, float]]] = [[("", 0.0)] for _ in lines]
+    todo = [i for i, s in enumerate(sources) if s is not None]
+    for i in tqdm(todo, disable=not progress, file=sys.stderr, desc="n-best", unit="line", leave=False):
+        bound = model.bind(pad_rows([sources[i]], model.cfg.pad_id))
+        out[i] = [(c.text.strip(), float(sum(c.logprobs)) + c.end_logprob)
+                  for c in beam_search(bound, tokenizer, [model.cfg.eos_id], cfg)]
+    return out
+
+
+def nbest_tsv(nbest: list[list[tuple[str, float]]]) -> str:
+    """An n-best list in lmlab rescore's TSV: id (the input line number, from 1) <TAB> hypothesis <TAB> log p."""
+    clean = lambda text: text.replace("\t", " ").replace("\n", " ").replace("\r", " ")  # noqa: E731
+    return "".join(f"{i}\t{clean(text)}\t{score:.10g}\n" for i, hyps in enumerate(nbest, start=1)
+                   for text, score in hyps)
+
+
 def read_input(path) -> list[str]:
     """The lines to translate: a file's, or stdin's for "-" (stripped, empty lines kept)."""
     from .pairs import read_lines
@@ -98,17 +135,30 @@ def read_input(path) -> list[str]:
     return [line.strip() for line in sys.stdin.read().splitlines()] if str(path) == "-" else read_lines(path)
 
 
-def translate_command(run, cfg, input="-", batch_size: int = 64, device: str = "cpu") -> None:
-    """`lmlab seq2seq translate`: each input line's output on stdout, one line per line."""
+def translate_command(run, cfg, input="-", batch_size: int = 64, device: str = "cpu", n_best: int | None = None,
+                      out=None) -> None:
+    """`lmlab seq2seq translate`: each input line's output, one line per line (or, with n_best, the n-best list
+    as TSV: id, hypothesis, log p), on stdout or written atomically to `out`."""
+    from ..files import atomic_write_text
     from ..runtime import resolve_device
 
     cfg.validate()
     if batch_size < 1:
         raise LmlabError(f"--batch-size must be >= 1, got {batch_size}.")
+    if n_best is not None and n_best < 1:
+        raise LmlabError(f"--n-best must be a whole number >= 1, got {n_best}.")
+    if n_best is not None and cfg.num_beams < n_best:
+        raise LmlabError(f"--n-best {n_best} needs --num-beams {n_best} or more (got {cfg.num_beams}).")
     lines = read_input(input)
     model, tokenizer = load_seq2seq(run, device=str(resolve_device(device)))
-    for line in translate(model, tokenizer, lines, cfg, batch_size=batch_size):
-        sys.stdout.write(line + "\n")
+    if n_best is not None:
+        text = nbest_tsv(translate_nbest(model, tokenizer, lines, cfg, n_best))
+    else:
+        text = "".join(line + "\n" for line in translate(model, tokenizer, lines, cfg, batch_size=batch_size))
+    if out is not None:
+        atomic_write_text(out, text)
+        return
+    sys.stdout.write(text)
     sys.stdout.flush()
 
 
