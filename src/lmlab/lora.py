@@ -162,7 +162,6 @@ class LoRALinear(nn.Module):
         nn.init.zeros_(self.lora_B.weight)
         self.base_dtype = base_dtype if BASE_DTYPES.get(base_dtype) is not None else None
         self.register_buffer("weight_scale", None)
-        self.group: SharedInputGroup | None = None  # set by group_shared_inputs
         if self.base_dtype:
             self._store_narrow()
 
@@ -196,125 +195,14 @@ class LoRALinear(nn.Module):
     def merged(self) -> nn.Linear:
         """The base Linear with the update folded into its weight (float32 when it was stored narrow)."""
         with torch.no_grad():
-            if self.base_dtype is None and self.group is None:
+            if self.base_dtype is None:
                 self.base.weight.add_(self.delta_weight().to(self.base.weight.dtype))
-            else:  # (a grouped weight is a view of the group's tensor: the merged one is a tensor of its own)
-                merged = (self.base_weight() + self.delta_weight()).to(self.lora_A.weight.dtype)
-                self.base.weight = nn.Parameter(merged, requires_grad=False)
-        self.group = None
+            else:
+                self.base.weight = nn.Parameter(self.base_weight() + self.delta_weight(), requires_grad=False)
         return self.base
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, alpha={self.alpha}, base_dtype={self.base_dtype or 'as is'}"
-
-
-class SharedInputGroup:
-    """LoRA layers that read the same input (a Llama's q, k, v; gate, up), their frozen base weights stored as
-    row blocks of one tensor (each layer's base.weight a view of its rows), so the base products are one matrix
-    product: x [W_q; W_k; W_v]^T, and in backward g [W_q; W_k; W_v], measured 0.67x the time of the three
-    separate products (576 -> 576, 192, 192 at 1,280 rows) and 0.87x for gate and up (576 -> 1536 twice)."""
-
-    def __init__(self, layers: list[LoRALinear]):
-        with torch.no_grad():
-            self.weight = torch.cat([layer.base.weight for layer in layers])
-            biases = [layer.base.bias for layer in layers]
-            self.bias = torch.cat(biases) if biases[0] is not None else None
-        self.sizes = [layer.base.out_features for layer in layers]
-        start = 0
-        for layer, size in zip(layers, self.sizes):
-            layer.base.weight = nn.Parameter(self.weight[start:start + size], requires_grad=False)
-            if self.bias is not None:
-                layer.base.bias = nn.Parameter(self.bias[start:start + size], requires_grad=False)
-            layer.group, start = self, start + size
-        self.pointers = [layer.base.weight.data_ptr() for layer in layers]
-
-    def holds(self, layers) -> bool:
-        """Whether these layers are still the group's, their weights still its views (load_state_dict with
-        assign=True, or a merge, replaces them)."""
-        return (len(layers) == len(self.pointers) and all(isinstance(layer, LoRALinear) and layer.group is self
-                                                          for layer in layers)
-                and [layer.base.weight.data_ptr() for layer in layers] == self.pointers)
-
-
-class _LoRAGroupFunction(torch.autograd.Function):
-    """_LoRAFunction for the layers of a SharedInputGroup at once: y = x W^T + b + [s_i (D_i(x) A_i^T) B_i^T]_i
-    with W, b the group's stacked base weight and bias. Each layer keeps its own dropout mask (drawn in the
-    layers' order, as separate calls would draw them); the low-rank terms go into y as one product of the
-    [N, sum r] low-rank activations with the block-diagonal matrix of the B_i."""
-
-    @staticmethod
-    def forward(ctx, x, group: SharedInputGroup, layers, p: float, *adapters):
-        rows = x.reshape(-1, x.shape[-1])
-        keeps, lows = [], []
-        for layer in layers:
-            keep = keep_mask(rows, p) if p > 0 else None
-            low = (rows * keep if keep is not None else rows) @ layer.lora_A.weight.t()  # [N, r]
-            lows.append(low.mul_(layer.scaling * (_keep_scale(p) if keep is not None else 1.0)))
-            keeps.append(keep)
-        low = torch.cat(lows, dim=1)  # [N, sum r], each block scaled by its s_i / (1 - p)
-        y = F.linear(x, group.weight.to(x.dtype), group.bias)
-        y.view(-1, y.shape[-1]).addmm_(low, torch.block_diag(*(layer.lora_B.weight for layer in layers)).t())
-        ctx.save_for_backward(x, low, *[k for k in keeps if k is not None])
-        ctx.group, ctx.layers, ctx.p = group, layers, p
-        return y
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, low, *keeps = ctx.saved_tensors
-        layers, p = ctx.layers, ctx.p
-        rows, g = x.reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1])
-        ranks = [layer.rank for layer in layers]
-        gb = g @ torch.block_diag(*(layer.lora_B.weight for layer in layers))  # [N, sum r]: g_i B_i side by side
-        dx = g @ ctx.group.weight.to(g.dtype)
-        grads_a, grads_b = [], []
-        for i, (layer, g_i, gb_i, low_i) in enumerate(zip(layers, g.split(ctx.group.sizes, dim=1),
-                                                          gb.split(ranks, dim=1), low.split(ranks, dim=1))):
-            keep = keeps[i] if keeps else None
-            scale = layer.scaling * (_keep_scale(p) if keep is not None else 1.0)
-            if keep is None:
-                dx.addmm_(gb_i, layer.lora_A.weight, alpha=scale)
-            else:
-                dx.add_((gb_i @ layer.lora_A.weight).mul_(keep), alpha=scale)
-            grads_a.append((gb_i.t() @ (rows * keep if keep is not None else rows)).mul_(scale))
-            grads_b.append(g_i.t() @ low_i)  # (low_i already carries s_i / (1 - p))
-        adapters = [t for a, b in zip(grads_a, grads_b) for t in (a, b)]
-        return (dx.view(x.shape), None, None, None, *adapters)
-
-
-def shared_input(x: torch.Tensor, layers) -> list[torch.Tensor] | None:
-    """The outputs of LoRA layers of one SharedInputGroup on their common input x, in one fused node; None where
-    they cannot go together (not grouped, not training, autocast): the caller then runs them one by one."""
-    first = layers[0]
-    group = getattr(first, "group", None)
-    if group is None or not group.holds(layers) or not torch.is_grad_enabled() \
-            or torch.is_autocast_enabled(x.device.type):
-        return None
-    p = first.lora_dropout.p if first.training and isinstance(first.lora_dropout, nn.Dropout) else 0.0
-    if any((layer.lora_dropout.p if isinstance(layer.lora_dropout, nn.Dropout) else 0.0) != p
-           or layer.training != first.training for layer in layers):
-        return None
-    adapters = [w for layer in layers for w in (layer.lora_A.weight, layer.lora_B.weight)]
-    y = _LoRAGroupFunction.apply(x, group, list(layers), p, *adapters)
-    return list(y.split(group.sizes, dim=-1))
-
-
-def group_shared_inputs(model: nn.Module) -> int:
-    """Group the LoRA layers that read one input, as the model's modules declare them (`shared_input_layers`: a
-    tuple of tuples of child names, e.g. a Llama attention's ("q_proj", "k_proj", "v_proj")); only float base
-    weights of one dtype (a narrow base_dtype keeps separate layers). Returns the number of groups."""
-    groups = 0
-    for module in model.modules():
-        for names in getattr(module, "shared_input_layers", ()):
-            layers = [getattr(module, name, None) for name in names]
-            if not all(isinstance(layer, LoRALinear) and layer.base_dtype is None and layer.group is None
-                       for layer in layers):
-                continue
-            dtypes = {layer.base.weight.dtype for layer in layers} | {layer.lora_A.weight.dtype for layer in layers}
-            if len(dtypes) != 1 or len({layer.base.bias is None for layer in layers}) != 1:
-                continue
-            SharedInputGroup(layers)
-            groups += 1
-    return groups
 
 
 # ----------------------------------------------------------------------------------- finding and wrapping layers
@@ -404,7 +292,6 @@ def _wrap(model: nn.Module, names: list[str], rank: int, alpha: float, dropout: 
     for layer in lora_layers(model).values():
         layer.lora_A.requires_grad_(True)
         layer.lora_B.requires_grad_(True)
-    group_shared_inputs(model)
 
 
 def apply_lora(model: nn.Module, targets: list[str], rank: int = 8, alpha: float = 8.0, dropout: float = 0.0,

@@ -26,18 +26,6 @@ from . import kernels
 PACK_ROWS = (1, 64)  # inclusive range of rows that use a packed weight; None turns packing off
 
 
-def linears(x: torch.Tensor, *layers: nn.Module) -> list[torch.Tensor]:
-    """[linear(layer, x) for layer in layers], or one fused node where they are LoRA layers grouped on this shared
-    input (lmlab.lora.group_shared_inputs: one matrix product for their frozen base weights)."""
-    if getattr(layers[0], "group", None) is not None:
-        from ..lora import shared_input
-
-        out = shared_input(x, layers)
-        if out is not None:
-            return out
-    return [linear(layer, x) for layer in layers]
-
-
 def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """layer(x); a decoding step on CPU goes through a packed copy of the weight (see PACK_ROWS).
 

@@ -25,7 +25,7 @@ from ..config import check_fraction, check_positive
 from ..errors import LmlabError
 from . import kernels
 from .decoder import DecoderLM, run_block
-from .layers import KVCache, init_weights, linear, linears
+from .layers import KVCache, init_weights, linear
 
 
 @dataclass
@@ -91,8 +91,6 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 
 
 class Attention(nn.Module):
-    shared_input_layers = (("q_proj", "k_proj", "v_proj"),)  # read one input (lmlab.lora.group_shared_inputs)
-
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.n_head, self.n_kv, self.hd, self.dropout = cfg.n_head, cfg.kv_heads, cfg.dim_per_head, cfg.dropout
@@ -103,10 +101,9 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, cache: KVCache | None, layer: int, mask):
         B, T, _ = x.shape
-        q, k, v = linears(x, self.q_proj, self.k_proj, self.v_proj)
-        q = q.view(B, T, self.n_head, self.hd).transpose(1, 2)
-        k = k.view(B, T, self.n_kv, self.hd).transpose(1, 2)
-        v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        q = linear(self.q_proj, x).view(B, T, self.n_head, self.hd).transpose(1, 2)
+        k = linear(self.k_proj, x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        v = linear(self.v_proj, x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         is_causal = mask is None
         if cache is not None:
@@ -123,8 +120,6 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    shared_input_layers = (("gate_proj", "up_proj"),)
-
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.gate_proj = nn.Linear(cfg.n_embd, cfg.mlp_width, bias=False)
@@ -132,8 +127,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.mlp_width, cfg.n_embd, bias=False)
 
     def forward(self, x):
-        gate, up = linears(x, self.gate_proj, self.up_proj)
-        return linear(self.down_proj, F.silu(gate) * up)
+        return linear(self.down_proj, F.silu(linear(self.gate_proj, x)) * linear(self.up_proj, x))
 
 
 class LlamaBlock(nn.Module):
