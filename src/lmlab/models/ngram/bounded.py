@@ -46,7 +46,7 @@ from ...splitting import ARPA_DEFAULT, LINE_END, token_scheme
 from . import arpa, corpus, discount, estimate
 from .arpa import tokenizer_file
 from .count import Counts, unique_groups
-from .discount import discounts_of, mkn_discounts
+from .discount import discounts_of
 from .external import (append_run_piece, load_array, merge_runs, parse_memory, read_run, save_array, scratch_dir,
                        write_run)
 from .model import NGramLM, _progress_bar
@@ -305,37 +305,7 @@ def estimate_below_top(counts: list[Counts], top: TopOrder, V: int, fallback, na
     except LmlabError as e:  # said after the orders below, as estimate_mkn finds it
         late_error = e
     top.n = top.kept_sum = None
-    unigrams = V if keep is None else int(keep[0].sum())
-    tables, discounts, lower_p = [], [], None
-    for n, c in enumerate(counts):  # as estimate_mkn, one order at a time
-        a = adjusted[n]
-        adjusted[n] = None
-        d = mkn_discounts(a, n + 1, fallback, name)
-        discounts.append(d)
-        kept = a if keep is None else np.where(keep[n], a, 0)
-        prefix = np.zeros(len(a), dtype=np.int64) if n == 0 else c.keys // V
-        n_ctx = 1 if n == 0 else len(counts[n - 1].keys)
-        denom = np.bincount(prefix, weights=a, minlength=n_ctx)
-        _, n1, n2, n3 = estimate._context_stats(prefix, kept, n_ctx)
-        pruned_mass = denom - np.bincount(prefix, weights=kept, minlength=n_ctx) if keep is not None else 0.0
-        del kept
-        with np.errstate(divide="ignore", invalid="ignore"):
-            gamma = np.where(denom > 0, (d[1] * n1 + d[2] * n2 + d[3] * n3 + pruned_mass) / denom, 0.0)
-            p = (a - d[np.minimum(a, 3)]) / denom[prefix]
-        del a, denom, n1, n2, n3
-        if n == 0:
-            p += gamma[0] / (unigrams - 1)
-            p[BOS_ID] = 1.0
-        else:
-            p += gamma[prefix] * lower_p[c.suffix]
-            tables[n - 1].backoff = estimate._log10_or_zero(gamma)
-        del prefix, gamma
-        with np.errstate(divide="ignore"):
-            tables.append(NGramTables(c.keys, np.minimum(0.0, np.log10(p)), np.zeros(0)))
-        lower_p = p
-        c.raw = c.suffix = None
-        if bar:
-            bar.update(1)
+    tables, discounts, lower_p = estimate.mkn_orders(counts, adjusted, V, fallback, name, bar, keep)
     if late_error is not None:
         raise late_error
     discounts.append(d_top)
@@ -461,7 +431,7 @@ def encode_to_blocks(path, encoding, scheme, skip_symbols, name, work, block_tok
                 index[w] = len(index)
         to_global = np.fromiter(map(index.__getitem__, words), dtype=np.int64, count=len(words))
         ids = np.where(local_ids < 0, -1, to_global[np.maximum(local_ids, 0)]) if len(words) else local_ids
-        word_ids, lengths = _lines(ids, skip_symbols, name, first_line)
+        word_ids, lengths = corpus.line_words(ids, skip_symbols, name, first_line)
         counted = np.bincount(word_ids, minlength=len(index))
         counted[EOS_ID] += len(lengths)  # every line's </s> is predicted
         raw1 = np.concatenate((raw1, np.zeros(len(counted) - len(raw1), np.int64))) + counted
@@ -472,25 +442,6 @@ def encode_to_blocks(path, encoding, scheme, skip_symbols, name, work, block_tok
     stats["spilled_bytes"] += writer.bytes
     raw1 = np.concatenate((raw1, np.zeros(len(index) - len(raw1), np.int64)))
     return Vocab(list(index)), writer.paths, raw1
-
-
-def _lines(ids: np.ndarray, skip_symbols: bool, name: str, first_line: int):
-    """Word ids and words per line of one piece (ids: -1 at line ends), as corpus.encode_corpus makes them."""
-    ends = np.flatnonzero(ids < 0)
-    lengths = np.diff(np.concatenate(([-1], ends))) - 1
-    word_ids = ids[ids >= 0]
-    special = word_ids < len(SPECIALS)
-    if special.any():
-        if not skip_symbols:
-            first = int(np.flatnonzero(special)[0])
-            line_no = first_line + int(np.searchsorted(np.cumsum(lengths), first, side="right"))
-            word = SPECIALS[word_ids[first]]
-            raise LmlabError(f"{name}:{line_no}: the special word {word} appears in the text; remove it "
-                             f"or pass --skip-symbols to treat <s>, </s> and <unk> as spaces (lmplz --skip_symbols).")
-        line_of_word = np.repeat(np.arange(len(lengths)), lengths)
-        lengths = lengths - np.bincount(line_of_word[special], minlength=len(lengths))
-        word_ids = word_ids[~special]
-    return word_ids, lengths
 
 
 class StreamBlocks:

@@ -63,6 +63,13 @@ def encode_corpus(text: str, tokenizer, skip_symbols: bool, name: str):
         del tokens
     del index[LINE_END]
     ids = np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
+    word_ids, lengths = line_words(ids, skip_symbols, name)
+    return Vocab(list(index)), word_ids, lengths
+
+
+def line_words(ids: np.ndarray, skip_symbols: bool, name: str, first_line: int = 1):
+    """The word ids and the number of words of each line of a piece of text's ids (-1 at each line end): a special
+    word (<s>, </s>, <unk>) in the text is an error naming its line, or skipped with skip_symbols (lmplz's rule)."""
     ends = np.flatnonzero(ids < 0)
     lengths = np.diff(np.concatenate(([-1], ends))) - 1
     word_ids = ids[ids >= 0]
@@ -70,15 +77,14 @@ def encode_corpus(text: str, tokenizer, skip_symbols: bool, name: str):
     if special.any():
         if not skip_symbols:
             first = int(np.flatnonzero(special)[0])
-            line_no = int(np.searchsorted(np.cumsum(lengths), first, side="right")) + 1
+            line_no = first_line + int(np.searchsorted(np.cumsum(lengths), first, side="right"))
             word = SPECIALS[word_ids[first]]
             raise LmlabError(f"{name}:{line_no}: the special word {word} appears in the text; remove it "
                              f"or pass --skip-symbols to treat <s>, </s> and <unk> as spaces (lmplz --skip_symbols).")
         line_of_word = np.repeat(np.arange(len(lengths)), lengths)
         lengths = lengths - np.bincount(line_of_word[special], minlength=len(lengths))
         word_ids = word_ids[~special]
-    return Vocab(list(index)), word_ids, lengths
-
+    return word_ids, lengths
 
 def sentence_stream(word_ids: np.ndarray, lengths: np.ndarray):
     """Concatenate ``<s> w.. </s>`` per line; also each position's distance from its sentence's <s>."""

@@ -74,7 +74,16 @@ def estimate_mkn(counts: list[Counts], V: int, fallback, name: str, bar, keep=No
     With pruning (`keep` masks), discounts still come from all counts; a context's pruned children give
     their whole count to its gamma (lmplz's "normalizer"), so the distribution still sums to 1.
     """
-    adjusted = adjusted_counts(counts)
+    tables, discounts, _ = mkn_orders(counts, adjusted_counts(counts), V, fallback, name, bar, keep)
+    tables[-1].backoff = np.zeros(len(tables[-1].keys))
+    info = {"discounts": [d[1:].tolist() for d in discounts], "counts": [len(c.keys) for c in counts]}
+    return tables, info
+
+
+def mkn_orders(counts: list[Counts], adjusted: list[np.ndarray], V: int, fallback, name: str, bar, keep=None):
+    """The orders of `counts` estimated one at a time (estimate_mkn's loop; bounded.py runs it on the orders below
+    the highest): their tables (each backoff set once the next order's gammas are known; the last one's not), the
+    discounts, and the last order's probabilities (not log). `adjusted`: discount.adjusted_counts of them."""
     unigrams = V if keep is None else int(keep[0].sum())
     tables, discounts, lower_p = [], [], None
     for n, c in enumerate(counts):
@@ -106,9 +115,7 @@ def estimate_mkn(counts: list[Counts], V: int, fallback, name: str, bar, keep=No
         c.raw = c.suffix = None  # no longer needed: free memory before the next order
         if bar:
             bar.update(1)
-    tables[-1].backoff = np.zeros(len(tables[-1].keys))
-    info = {"discounts": [d[1:].tolist() for d in discounts], "counts": [len(c.keys) for c in counts]}
-    return tables, info
+    return tables, discounts, lower_p
 
 
 def _log10_or_zero(gamma: np.ndarray) -> np.ndarray:
