@@ -5,6 +5,7 @@ on success, on error and on SIGINT, and no half-written model is left; bad --mem
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import time
@@ -133,13 +134,14 @@ def test_sigint_cleans_scratch_and_leaves_no_output(tmp_path, workers):
 
 
 @pytest.mark.parametrize("value, message", [("4X", "is not a size"), ("0", "leaves no memory"),
-                                             ("200%", "more than the whole physical memory")])
+                                             ("200%", "more than the whole physical memory"),
+                                             ("100K", "the minimum is 256K")])
 def test_bad_memory_is_one_sentence(tmp_path, capsys, value, message):
     code = main(["ngram", "train", "-o", "3", "--data", str(MULTI30K), "--out", str(tmp_path / "m.arpa"),
                  "--memory", value])
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and err.count("\n") == 0 and err.endswith(".")
-    assert parse_memory("1.5K") == 1536 and parse_memory("4G") == 4 << 30
+    assert parse_memory("1.5M") == 3 << 19 and parse_memory("4G") == 4 << 30 and parse_memory("256K") == 1 << 18
 
 
 def test_options_that_need_memory_and_unsupported_encodings(tmp_path, capsys):
@@ -156,3 +158,25 @@ def test_options_that_need_memory_and_unsupported_encodings(tmp_path, capsys):
     assert not os.listdir(tmp_path / "s")
     with pytest.raises(LmlabError, match="cannot make a scratch directory in --temp-dir"):
         train_bounded(MULTI30K, order=2, memory="1M", temp_dir=data, progress=False)  # a file, not a directory
+
+
+def _files_at_most_100k():
+    """In the child: no file may grow past 100 KB (a disk that fills up mid-build: the write fails with EFBIG
+    instead of the signal)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+
+def test_a_full_disk_is_one_sentence_and_leaves_the_old_output(tmp_path):
+    """The block files fit under the limit, a merged run does not: the build stops with one sentence, the scratch
+    directory is emptied and the model file written before is untouched."""
+    scratch, out = tmp_path / "scratch", tmp_path / "m.arpa"
+    out.write_text("the previous model\n", encoding="utf-8")
+    proc = subprocess.run([*LMLAB, "ngram", "train", "-o", "3", "--data", str(WIKI), "--out", str(out),
+                           "--skip-symbols", "--memory", "2M", "--temp-dir", str(scratch), "--quiet"],
+                          env={**ENV, "PYTHONDONTWRITEBYTECODE": "1"}, capture_output=True, text=True, timeout=120,
+                          preexec_fn=_files_at_most_100k)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and "is full" in err and err.count("\n") == 0 and "Traceback" not in err, err
+    assert list(scratch.iterdir()) == [] and out.read_text(encoding="utf-8") == "the previous model\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.arpa", "scratch"]  # no partial output beside it

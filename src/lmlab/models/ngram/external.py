@@ -14,6 +14,7 @@ stored in the narrowest of uint32 / int64 that holds them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -30,6 +31,8 @@ from ...errors import LmlabError
 _HEADER = struct.Struct("<4sQQ?")  # dtype code, number of items, stored bytes, zlib-compressed
 _DTYPES = {b"u4": np.dtype("<u4"), b"i8": np.dtype("<i8")}
 _UNITS = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+MIN_MEMORY = 256 << 10  # the smallest budget: blocks of ~1,600 tokens (bounded.BYTES_PER_TOKEN each)
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def parse_memory(text) -> int:
@@ -48,6 +51,9 @@ def parse_memory(text) -> int:
         size = value * _UNITS[unit]
     if size < 1:
         raise LmlabError(f"--memory {text!r} leaves no memory to count in; give e.g. 4G or 500M.")
+    if size < MIN_MEMORY:
+        raise LmlabError(f"--memory {text!r} is too small to count in: the minimum is 256K (blocks of about 1,600 "
+                         f"tokens); give e.g. 4G or 500M.")
     return int(size)
 
 
@@ -64,6 +70,13 @@ def scratch_dir(parent=None) -> Iterator[Path]:
                          f"give a writable directory.") from None
     try:
         yield work
+    except OSError as e:
+        if e.errno not in _DISK_FULL:
+            raise
+        raise LmlabError(f"writing the build's files failed ({e.strerror}): the disk of the scratch directory "
+                         f"({parent}) or of the output is full; the scratch files and the partial output are "
+                         f"removed, an earlier output is untouched. Free some space or give --temp-dir on a disk "
+                         f"with more room.") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
