@@ -9,6 +9,7 @@ decoding kernels (models/kernels.py). LMLAB_KERNELS=0, no compiler (or $CXX) or 
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -70,3 +71,23 @@ def load_library(source: Path, extra_flags: tuple = ()) -> ctypes.CDLL | None:
         return ctypes.CDLL(str(build(source, cxx, extra_flags)))
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+class Fallback:
+    """A nesting switch to the non-compiled path: inside `with switch.forced():` callers take their NumPy / torch
+    path (`switch.on` is then True); for comparing the two in tests and benchmarks."""
+
+    def __init__(self):
+        self.depth = 0
+
+    @property
+    def on(self) -> bool:
+        return self.depth > 0
+
+    @contextlib.contextmanager
+    def forced(self):
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1

@@ -12,7 +12,6 @@ same libgomp.so.1), with torch's thread count. Without a compiler, on another pl
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import platform
 import weakref
@@ -52,23 +51,12 @@ def _load():
     return _lib
 
 
-_disabled = 0  # depth of `disabled()` blocks
+_fallback = native.Fallback()
+disabled = _fallback.forced  # `with disabled():` decode with torch ops only (MKL's packed sgemm), to compare the two
 
 
 def available() -> bool:
-    return not _disabled and bool(_load())
-
-
-@contextlib.contextmanager
-def disabled():
-    """Decode with torch ops only (MKL's packed sgemm) inside this block: to compare the two, in tests and
-    benchmarks."""
-    global _disabled
-    _disabled += 1
-    try:
-        yield
-    finally:
-        _disabled -= 1
+    return not _fallback.on and bool(_load())
 
 
 def int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,7 +14,6 @@ arrays are views of the mapped file, and whose queries (`QueryIndex`) run in the
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import mmap
 import struct
@@ -354,24 +353,14 @@ _SOURCE = Path(__file__).with_name("query_kernels.cpp")
 _lib: ctypes.CDLL | None | bool = None
 
 
-_disabled = 0  # depth of `disabled()` blocks
-
-
-@contextlib.contextmanager
-def disabled():
-    """Queries take the NumPy path of tables.py inside this block (to compare the two in tests, benchmarks)."""
-    global _disabled
-    _disabled += 1
-    try:
-        yield
-    finally:
-        _disabled -= 1
+_fallback = native.Fallback()
+disabled = _fallback.forced  # `with disabled():` queries take the NumPy path of tables.py, to compare the two
 
 
 def kernel():
     """The compiled query kernel (lmlab.native), or None (LMLAB_KERNELS=0, no compiler, inside `disabled()`)."""
     global _lib
-    if _disabled:
+    if _fallback.on:
         return None
     if _lib is None:
         lib = native.load_library(_SOURCE)
