@@ -324,10 +324,13 @@ def synopses(args, run: Path, out: Path) -> dict:
         print(f"| lead-7 (all {len(whole_src):,} test pairs) | {r['rouge1']:.2f} | {r['rouge2']:.2f} | "
               f"{r['rougeL']:.2f} | 0 s |", flush=True)
     score("lead-7", [lead(s) for s in src], 0.0)
-    if args.seq2seq_steps:
+    models = set(args.models.split(","))
+    if "seq2seq" in models and args.seq2seq_steps:
         score("lmlab seq2seq from scratch", *seq2seq_synopses(args, out, src))
-    hyps, seconds = generate_synopses(run, src)
-    score("SmolLM2-135M-Instruct zero-shot", hyps, seconds)
+    if "zero-shot" in models:
+        score("SmolLM2-135M-Instruct zero-shot", *generate_synopses(run, src))
+    if "lora" not in models:
+        return {"test_pairs": len(src), "rows": rows}
     train_src, train_tgt = read_pairs("train")
     n = args.steps * 8
     train = write_jsonl(out / "synopses-train.jsonl", [synopsis_messages(s, t) for s, t in
@@ -368,6 +371,8 @@ def main() -> None:
     ap.add_argument("--seq2seq-steps", type=int, default=2000, help="synopses: steps of the seq2seq from scratch")
     ap.add_argument("--limit", type=int, help="score only the first N test items (a quick look; not the figures)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--models", default="seq2seq,zero-shot,lora",
+                    help="synopses: which models to score besides lead-7 (comma-separated)")
     args = ap.parse_args()
     import torch
 

@@ -15,6 +15,7 @@ arrays are views of the mapped file, and whose queries (`QueryIndex`) run in the
 from __future__ import annotations
 
 import ctypes
+import functools
 import mmap
 import struct
 import zlib
@@ -158,13 +159,24 @@ def suffix_closed(tables: list[NGramTables], chunk: int = 1 << 20) -> bool:
 
 # --------------------------------------------------------------------------- the file
 
-def _array_names(order: int) -> list[str]:
+@functools.lru_cache(maxsize=None)
+def _array_names(order: int) -> tuple[str, ...]:
     names = ["note", "words", "word_starts", "word_slots"]
     for n in range(1, order + 1):
         names += [f"keys{n}", f"prob{n}", f"backoff{n}", f"slots{n}"]
-    return names
+    return tuple(names)
 
 
+_DTYPES = {"note": np.dtype(np.uint8), "words": np.dtype(np.uint8), "word_starts": np.dtype(np.uint64),
+           "word_slots": np.dtype(np.uint64), "keys": np.dtype(np.int64), "prob": np.dtype(np.float64),
+           "backoff": np.dtype(np.float64), "slots": np.dtype(np.int64)}
+
+
+def _dtype_of(name: str) -> np.dtype:
+    return _DTYPES.get(name) or _DTYPES[name.rstrip("0123456789")]
+
+
+@functools.lru_cache(maxsize=None)
 def _header_size(order: int) -> int:
     raw = _HEAD.size + 8 * order + 16 * len(_array_names(order))
     return -(-raw // ALIGN) * ALIGN
@@ -287,13 +299,16 @@ def load(path, verify: bool = False):
     order, V, flags, crc, counts, table = _read_header(path, data)
     if verify and _payload_crc(data, _header_size(order)) != crc:
         raise _bad(path, "the checksum of its arrays does not match (the file is damaged)")
-    arrays = {}
-    dtypes = {"note": np.uint8, "words": np.uint8, "word_starts": np.uint64, "word_slots": np.uint64}
+    # Views of one uint8 view of the map, and their addresses as the map's plus the offset: reading a ctypes
+    # address off each array (ndarray.ctypes) is ~10 us, half of a load's time before this.
+    whole = np.frombuffer(data, dtype=np.uint8)
+    base, arrays, addresses = whole.ctypes.data, {}, {}
     for name, (off, nbytes) in zip(_array_names(order), table):
-        dtype = dtypes.get(name, np.float64 if name.startswith(("prob", "backoff")) else np.int64)
-        if nbytes % np.dtype(dtype).itemsize:
+        dtype = _dtype_of(name)
+        if nbytes % dtype.itemsize:
             raise _bad(path, f"the array {name} has the wrong size")
-        arrays[name] = np.frombuffer(data, dtype=dtype, count=nbytes // np.dtype(dtype).itemsize, offset=off)
+        arrays[name] = whole[off:off + nbytes].view(dtype)
+        addresses[id(arrays[name])] = base + off
     words = len(arrays["word_slots"])
     if words < 2 or words & (words - 1) or words <= V:
         raise _bad(path, "the hash table word_slots has the wrong size")
@@ -307,7 +322,7 @@ def load(path, verify: bool = False):
     scheme = note if not note.startswith("{") else scheme_from_note(note, f"the tokenizer inside {path}")
     model = NGramLM(vocab, tables, scheme, {"counts": counts, "binary": str(path)})
     arrays["suffix_closed"] = bool(flags & FLAG_SUFFIX_CLOSED)
-    model.query_index = QueryIndex(model, arrays)
+    model.query_index = QueryIndex(model, arrays, addresses=addresses)
     return model
 
 
@@ -390,18 +405,20 @@ def _tables_id(model) -> tuple:
     return tuple((id(t.keys), id(t.prob), id(t.backoff)) for t in model.tables)
 
 
-def _pointer(a) -> int | None:
-    return None if a is None or len(a) == 0 else a.ctypes.data
-
-
 class QueryIndex:
     """A model's arrays as the kernel reads them: the tables, and the hashes of words and keys (from the .lmbin
     file, or built in memory for a model read from ARPA / .npz). lookup="sorted": binary search in the sorted keys
     instead of the key hashes (to measure one against the other)."""
 
-    def __init__(self, model, arrays: dict | None = None, lookup: str = "probing"):
+    def __init__(self, model, arrays: dict | None = None, lookup: str = "probing", addresses: dict | None = None):
+        """addresses: id(array) -> its data address, for arrays of `arrays` whose address is known (load)."""
         self.tables_id = _tables_id(model)
         arrays = dict(arrays) if arrays is not None else {}
+        known = addresses or {}
+
+        def pointer(a):
+            return None if a is None or len(a) == 0 else known.get(id(a)) or a.ctypes.data
+
         if "word_slots" not in arrays:
             blob, starts = vocab_arrays(model.vocab)
             arrays.update(words=blob, word_starts=starts, word_slots=word_slots(blob, starts))
@@ -415,16 +432,16 @@ class QueryIndex:
                 slots = arrays.get(f"slots{n}")
                 if slots is None or len(slots) == 0:
                     slots = key_slots(keys, prob, bo, last=n == model.order)
-            slots = None if slots is None else slots.reshape(-1)
+            slots = None if slots is None or slots.ndim == 1 else slots.reshape(-1)
             arrays.update({f"k{n}": keys, f"p{n}": prob, f"b{n}": bo, f"s{n}": slots})
-            o.keys, o.prob, o.backoff, o.count = keys.ctypes.data, prob.ctypes.data, bo.ctypes.data, len(keys)
-            o.slots = _pointer(slots)
+            o.keys, o.prob, o.backoff, o.count = pointer(keys), pointer(prob), pointer(bo), len(keys)
+            o.slots = pointer(slots)
             o.n_slots = 0 if slots is None else len(slots) // (2 if n == model.order else 4)
         self.orders = orders
         ws = arrays["word_slots"]
         closed = arrays["suffix_closed"] if "suffix_closed" in arrays else suffix_closed(model.tables)
-        self.model = _Model(model.order, model.vocab_size, orders, _pointer(arrays["word_starts"]),
-                            _pointer(arrays["words"]), _pointer(ws), int(np.log2(len(ws))), len(arrays["words"]),
+        self.model = _Model(model.order, model.vocab_size, orders, pointer(arrays["word_starts"]),
+                            pointer(arrays["words"]), pointer(ws), int(np.log2(len(ws))), len(arrays["words"]),
                             int(closed))
 
     def log10_stream(self, stream: np.ndarray, dist: np.ndarray):
