@@ -1,7 +1,8 @@
 """Language models of Chinese text: People's Daily 1998 (../shared/data/zh), bits per character and per byte of the
 test split, every model trained on the train split, in one run.
 
-    python benchmarks/zh_lm.py [--gpt-steps 3000] [--lstm-steps 900] [--bpe-steps 3000] [--parts ...] [--lmplz PATH]
+    python benchmarks/zh_lm.py [--gpt-steps 3000] [--lstm-steps 900] [--bpe-steps 3000] [--budget SECONDS]
+                               [--parts ...] [--lmplz PATH]
 
 Models:
 - char 5-gram (modified Kneser-Ney, `lmlab ngram train -o 5 --tokenizer char`): the KenLM recipe for Chinese;
@@ -19,6 +20,8 @@ Models:
   output), and jieba 0.42.1's own cut of the same lines (pip install jieba==0.42.1) for reference.
 Neural models get the same wall-clock budget on 2 cores, about 7 minutes each: 3,000 steps of 16 x 128 tokens for the
 GPTs, 900 steps of 32 x 100 for the LSTM (the LSTM's step costs ~3x a GPT step here); their train times are printed.
+With --budget SECONDS each gets exactly that much training time instead (train.max_seconds: the run ends after the
+step that reaches it, its cosine schedule decaying over the budget).
 
 Every figure divides the total information (-log2 P, each line's end included) by the raw test text's characters
 (newlines included) or its UTF-8 bytes, so all models compare. Out-of-vocabulary words and characters are scored
@@ -166,8 +169,12 @@ def neural(args, out: Path, raw_test: list[str]) -> list[dict]:
             continue
         run = out / f"run-{part}"
         shutil.rmtree(run, ignore_errors=True)
-        run_cli("train", "--config", REPO / "configs" / config, "--data.dir", out / data, "--train.max_iters", steps,
-                "--train.lr_decay_iters", steps, "--out", run, "--quiet")
+        # --budget: every model the same seconds of training (train.max_seconds; max_iters out of the way, the
+        # cosine decay following the budget), else the fixed step counts.
+        limit = (["--train.max_seconds", args.budget, "--train.max_iters", 10_000_000, "--train.lr_decay_iters",
+                  "none"] if args.budget else ["--train.max_iters", steps, "--train.lr_decay_iters", steps])
+        run_cli("train", "--config", REPO / "configs" / config, "--data.dir", out / data, *limit, "--out", run,
+                "--quiet")
         runs.append(run)
         names[str(run)] = name
     if not runs:
@@ -239,6 +246,8 @@ def main() -> None:
     ap.add_argument("--gpt-steps", type=int, default=3000)
     ap.add_argument("--lstm-steps", type=int, default=900)  # ~ the GPTs' 3,000 steps of wall time on 2 cores
     ap.add_argument("--bpe-steps", type=int, default=3000)
+    ap.add_argument("--budget", type=float, help="seconds of training per neural model (train.max_seconds), "
+                    "instead of the step counts")
     ap.add_argument("--lmplz", default=shutil.which("lmplz"), help="KenLM's lmplz for the entry-by-entry check")
     args = ap.parse_args()
     if "gpt" in args.parts or "lstm" in args.parts:

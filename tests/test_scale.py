@@ -159,6 +159,18 @@ def test_recurrent_model_under_ddp_reads_its_own_streams(char_data, tmp_path):
         assert all(bool(p[2]) == bool(reset) for p in parts)
 
 
+def test_ddp_processes_stop_together_at_a_time_budget(char_data, tmp_path):
+    """train.max_seconds under DDP: the steps' time is all-reduced, so both processes stop after the same step
+    (a process that stopped alone would leave the other waiting in an all-reduce: the deadline would fail it)."""
+    run = tmp_path / "budget"
+    train_processes(2, char_data, run, strategy="ddp", max_iters=1_000_000, max_seconds=1.5, eval_interval=100_000,
+                    batch_size=4, warmup_iters=1, eval_iters=2)
+    state = load_trainer_state(run / "trainer_state.pt")
+    steps = [s for s, t, v in losses(run) if t]
+    assert 1 < state["step"] == steps[-1] < 1_000_000 and state["elapsed"] >= 1.5
+    assert losses(run)[-1][2]  # evaluated at the last step
+
+
 def test_cli_nproc_runs_torchrun_with_rank_0_writing(char_data, tmp_path):
     cfg = write_config(tmp_path / "c.yaml", char_data, model={"dropout": 0.0},
                        train={"max_iters": 2, "eval_interval": 2, "eval_iters": 2, "batch_size": 4,

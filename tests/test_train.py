@@ -52,6 +52,37 @@ def test_lr_schedule_warmup_cosine_floor():
     assert lr_at(40, short) == 1e-5 and lr_at(80, short) == 1e-5 and lr_at(39, short) > 1e-5
 
 
+def test_lr_schedule_follows_a_time_budget():
+    t = TrainConfig(learning_rate=1e-3, min_lr=1e-4, warmup_iters=10, max_iters=100_000, max_seconds=100.0)
+    assert lr_at(5, t, elapsed=99.0) == pytest.approx(1e-3 * 6 / 11)  # warmup is in steps whatever the time
+    assert lr_at(20, t, elapsed=50.0) == pytest.approx((1e-3 + 1e-4) / 2)  # half the budget: half the cosine
+    assert lr_at(20, t, elapsed=100.0) == 1e-4 and lr_at(20, t, elapsed=0.0) == pytest.approx(1e-3, rel=1e-6)
+    by_time = [lr_at(20, t, elapsed=e) for e in range(0, 101, 5)]
+    assert all(a > b for a, b in zip(by_time, by_time[1:]))
+    ahead = TrainConfig(learning_rate=1e-3, min_lr=1e-4, warmup_iters=10, max_iters=110, max_seconds=1e6)
+    assert lr_at(60, ahead, elapsed=1.0) == pytest.approx((1e-3 + 1e-4) / 2)  # the steps are further along
+
+
+def test_time_budget_ends_training_with_an_evaluation_and_a_resume_extends_it(char_data, tmp_path):
+    from lmlab.runs import resume_config
+
+    with pytest.raises(LmlabError, match="max_seconds must be > 0"):
+        small_cfg(char_data, max_seconds=0)
+    run = tmp_path / "budget"
+    summary = lmlab.train(small_cfg(char_data, max_iters=1_000_000, max_seconds=1.5, eval_interval=100_000),
+                          run, progress=False)
+    rows = read_metrics(run / "metrics.csv")
+    steps = [int(r["step"]) for r in rows if r["train_loss"]]
+    assert 10 < summary["step"] == steps[-1] < 1_000_000
+    assert 1.5 <= summary["train_seconds"] < 1.5 + 1.0
+    assert rows[-1]["val_loss"] and int(rows[-1]["step"]) == summary["step"]  # the last step was evaluated
+    assert load_trainer_state(run / "trainer_state.pt")["step"] == summary["step"]
+    last_lr = float([r for r in rows if r["train_loss"]][-1]["lr"])
+    assert last_lr < 3e-4 + 0.05 * (3e-3 - 3e-4)  # the cosine ran out with the budget
+    more = lmlab.train(resume_config(run, {"train.max_seconds": "3"}), run, resume=True, progress=False)
+    assert more["step"] > summary["step"] and 3.0 <= more["train_seconds"] < 4.0
+
+
 @pytest.mark.parametrize("bias", [False, True])
 def test_weight_decay_only_on_matrices(bias):
     torch.manual_seed(0)

@@ -37,6 +37,10 @@ class TrainConfig:
     min_lr: float = 1e-4  # cosine decay floor
     warmup_iters: int = 100  # linear warmup steps
     lr_decay_iters: int | None = None  # end of the cosine decay; None = max_iters
+    # A budget of training seconds (the steps' time, evaluations excluded; kept across --resume): training ends
+    # after the first step that reaches it, or at max_iters if that comes first, and the cosine decay follows
+    # whichever of the two is nearer. So models compared "at the same CPU budget" each get a full schedule.
+    max_seconds: float | None = None
     weight_decay: float = 0.1  # applied to matrices only (embeddings and Linear weights; not biases or norm gains)
     beta1: float = 0.9
     beta2: float = 0.99
@@ -214,6 +218,7 @@ def validate_train(t: TrainConfig) -> None:
         require(getattr(t, name) >= 0, f"train.{name} must be >= 0, got {getattr(t, name)}.")
     require(t.save_interval is None or t.save_interval >= 1, "train.save_interval must be >= 1 or none.")
     require(t.lr_decay_iters is None or t.lr_decay_iters >= 1, "train.lr_decay_iters must be >= 1 or none.")
+    require(t.max_seconds is None or t.max_seconds > 0, "train.max_seconds must be > 0 or none.")
     require(t.learning_rate > 0, f"train.learning_rate must be > 0, got {t.learning_rate}.")
     require(0 <= t.min_lr <= t.learning_rate, "train.min_lr must be between 0 and train.learning_rate.")
     require(t.weight_decay >= 0 and t.grad_clip >= 0, "train.weight_decay and train.grad_clip must be >= 0.")

@@ -48,14 +48,18 @@ from .runs import check_same_tokenizer, command_config, load_init_weights, start
 from .runtime import StopSignals, autocast_context, resolve_device, tune_allocator
 
 
-def lr_at(step: int, t: TrainConfig) -> float:
-    """Learning rate for optimizer step `step` (0-based): linear warmup, cosine decay to min_lr."""
+def lr_at(step: int, t: TrainConfig, elapsed: float = 0.0) -> float:
+    """Learning rate for optimizer step `step` (0-based), `elapsed` training seconds into the run: linear warmup,
+    cosine decay to min_lr; with train.max_seconds the decay's progress is the larger of the steps' and the
+    budget's fraction (elapsed / max_seconds)."""
     decay_iters = t.lr_decay_iters or t.max_iters
     if step < t.warmup_iters:
         return t.learning_rate * (step + 1) / (t.warmup_iters + 1)
-    if step >= decay_iters:
-        return t.min_lr
     progress = (step - t.warmup_iters) / max(1, decay_iters - t.warmup_iters)
+    if t.max_seconds:
+        progress = max(progress, elapsed / t.max_seconds)
+    if progress >= 1.0:
+        return t.min_lr
     return t.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (t.learning_rate - t.min_lr)
 
 
@@ -172,10 +176,12 @@ class Trainer:
         local = self.step * self.t.grad_accum + micro
         return local if self.sharded else local * self.dist.world + self.dist.rank
 
-    def _train_step(self) -> tuple[float, int, bool]:
+    def _train_step(self) -> tuple[float, int, bool, float]:
         """One optimizer step over grad_accum micro-batches; returns (mean loss over every process, tokens over
-        every process, whether some process received SIGINT / SIGTERM)."""
-        lr = lr_at(self.step, self.t)
+        every process, whether some process received SIGINT / SIGTERM, the step's seconds: under DDP the mean
+        over the processes, so that every process has the same elapsed time, learning rate and time to stop)."""
+        start = time.perf_counter()
+        lr = lr_at(self.step, self.t, self.elapsed)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total, tokens = 0.0, 0
@@ -198,20 +204,26 @@ class Trainer:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         stop = self.signals.received is not None
-        if self.dist.world > 1:  # one all-reduce: the mean loss, the tokens, and any process's stop request
-            total, tokens, stops = self.dist.all_reduce_sum([total, tokens, float(stop)])
-            total, tokens, stop = total / self.dist.world, int(tokens), stops > 0
-        return total, tokens, stop
+        took = time.perf_counter() - start
+        if self.dist.world > 1:  # one all-reduce: the mean loss, the tokens, any process's stop request, the time
+            total, tokens, stops, took = self.dist.all_reduce_sum([total, tokens, float(stop), took])
+            total, tokens, stop, took = total / self.dist.world, int(tokens), stops > 0, took / self.dist.world
+        return total, tokens, stop, took
+
+    def _finished(self) -> bool:
+        """Whether the run has reached max_iters or its train.max_seconds budget."""
+        return self.step >= self.t.max_iters or bool(self.t.max_seconds and self.elapsed >= self.t.max_seconds)
 
     def _should_eval(self) -> bool:
-        return self.step % self.t.eval_interval == 0 or self.step == self.t.max_iters
+        return self.step % self.t.eval_interval == 0 or self._finished()
 
     def _should_save(self) -> bool:
         every = self.t.save_interval or self.t.eval_interval
-        return self.step % every == 0 or self.step == self.t.max_iters
+        return self.step % every == 0 or self._finished()
 
     def fit(self) -> dict:
-        """Train until max_iters; return a summary (final/best val loss, tokens/s, wall time)."""
+        """Train until max_iters or the train.max_seconds budget; return a summary (final/best val loss, tokens/s,
+        training seconds)."""
         self.parallel.module.train()
         log = bar = None
         try:
@@ -232,27 +244,25 @@ class Trainer:
                 "tokens_per_sec": run_tokens / run_time if run_time else 0.0, "train_seconds": self.elapsed}
 
     def _loop(self, log: MetricsLog, bar) -> tuple[float | None, int, float]:
-        """The steps up to max_iters, after an evaluation when the run starts; returns the last validation loss,
+        """The steps up to max_iters / max_seconds, after an evaluation when the run starts; returns the last val loss,
         and the tokens and seconds this call trained."""
         run_tokens, run_time, val = 0, 0.0, None
         if self.step == 0:
             self._log_eval(log, bar)
-        while self.step < self.t.max_iters:
-            start = time.perf_counter()
-            loss, tokens, stop = self._train_step()
+        while not self._finished():
+            lr = lr_at(self.step, self.t, self.elapsed)
+            loss, tokens, stop, took = self._train_step()
             if not math.isfinite(loss):
                 raise LmlabError(f"training diverged at step {self.step + 1} (loss {loss}); "
                                  "lower train.learning_rate or raise train.warmup_iters.")
-            took = time.perf_counter() - start
             self.step += 1
             self.elapsed += took
             run_tokens, run_time = run_tokens + tokens, run_time + took
-            lr = lr_at(self.step - 1, self.t)
             evaluated = self._should_eval()
             if evaluated:
                 val = self._log_eval(log, bar)
             log.train_step(self.step, loss, lr, tokens / took, self.elapsed, val if evaluated else None)
-            if self.step % self.t.log_interval == 0 or self.step == self.t.max_iters:
+            if self.step % self.t.log_interval == 0 or self._finished():
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{run_tokens / run_time:,.0f}")
             bar.update(1)
             if self._should_save() or stop:
