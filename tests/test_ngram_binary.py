@@ -51,6 +51,12 @@ def test_round_trip_same_tables_and_scores(files):
     from_arpa, from_bin = NGramLM.from_arpa(d / "wt5.arpa"), load_ngram(d / "wt5.lmbin")
     assert from_bin.vocab.words == from_arpa.vocab.words and from_bin.scheme.note() == from_arpa.scheme.note()
     assert from_bin.query_index.model.suffix_closed == 1  # lmplz-style: lookups stop at the first miss
+    # The kernel probes the file's hash tables (slots), not a binary search in the keys: every order above 1.
+    orders = from_bin.query_index.orders
+    assert [bool(o.slots) for o in orders] == [False] + [True] * 4
+    for n, o in enumerate(orders[1:], start=2):
+        slots = from_bin.query_index.arrays[f"slots{n}"]
+        assert o.slots == slots.ctypes.data and o.n_slots == len(slots) // (2 if n == 5 else 4) > o.count
     for a, b in zip(from_arpa.tables, from_bin.tables):
         assert all(np.array_equal(getattr(a, f), getattr(b, f)) for f in ("keys", "prob", "backoff"))
     with binary.disabled():  # the NumPy path on both

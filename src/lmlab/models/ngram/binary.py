@@ -432,7 +432,7 @@ class QueryIndex:
                 slots = arrays.get(f"slots{n}")
                 if slots is None or len(slots) == 0:
                     slots = key_slots(keys, prob, bo, last=n == model.order)
-            slots = None if slots is None or slots.ndim == 1 else slots.reshape(-1)
+            slots = slots if slots is None or slots.ndim == 1 else slots.reshape(-1)
             arrays.update({f"k{n}": keys, f"p{n}": prob, f"b{n}": bo, f"s{n}": slots})
             o.keys, o.prob, o.backoff, o.count = pointer(keys), pointer(prob), pointer(bo), len(keys)
             o.slots = pointer(slots)
