@@ -176,12 +176,11 @@ class Trainer:
         local = self.step * self.t.grad_accum + micro
         return local if self.sharded else local * self.dist.world + self.dist.rank
 
-    def _train_step(self) -> tuple[float, int, bool, float]:
-        """One optimizer step over grad_accum micro-batches; returns (mean loss over every process, tokens over
+    def _train_step(self, lr: float) -> tuple[float, int, bool, float]:
+        """One optimizer step over grad_accum micro-batches at learning rate `lr`; returns (mean loss over every process, tokens over
         every process, whether some process received SIGINT / SIGTERM, the step's seconds: under DDP the mean
         over the processes, so that every process has the same elapsed time, learning rate and time to stop)."""
         start = time.perf_counter()
-        lr = lr_at(self.step, self.t, self.elapsed)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total, tokens = 0.0, 0
@@ -251,7 +250,7 @@ class Trainer:
             self._log_eval(log, bar)
         while not self._finished():
             lr = lr_at(self.step, self.t, self.elapsed)
-            loss, tokens, stop, took = self._train_step()
+            loss, tokens, stop, took = self._train_step(lr)
             if not math.isfinite(loss):
                 raise LmlabError(f"training diverged at step {self.step + 1} (loss {loss}); "
                                  "lower train.learning_rate or raise train.warmup_iters.")
